@@ -1,0 +1,169 @@
+//! The controllers: one per kind, started together in one process by [`run`].
+//!
+//! Each reconcile follows one pipeline: load the object → decide (pure) → apply → write
+//! status. Status is written with server-side apply under one field manager, and only when it
+//! differs from what the API server already holds, so a no-op reconcile sends no write.
+
+pub mod environment;
+pub mod release;
+pub mod scaled_worker;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client, Resource};
+use prometheus_client::registry::Registry;
+
+use crate::admin::{self, Health};
+use crate::api::{Environment, Release, ScaledWorker};
+use crate::metrics::Metrics;
+
+pub use status::{StatusObject, MANAGER};
+
+/// What every reconcile gets.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub reporter: Reporter,
+}
+
+/// Errors a reconcile can end with; each maps to a metric label.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{kind} {name} has no namespace (Slipway kinds are namespaced)")]
+    MissingNamespace { kind: &'static str, name: String },
+    #[error("could not serialise status: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::MissingNamespace { .. } => "missing_namespace",
+            Error::Serialize(_) => "serialize",
+        }
+    }
+}
+
+/// Requeue policy after a failed reconcile: retry soon, the watch also retriggers.
+pub fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let kind = K::kind(&()).to_string();
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabels { kind: kind.clone(), error: err.metric_label().into() })
+        .inc();
+    tracing::warn!(
+        kind,
+        name = obj.meta().name.as_deref().unwrap_or(""),
+        namespace = obj.meta().namespace.as_deref().unwrap_or(""),
+        error = %err,
+        "reconcile failed; retrying in 10s"
+    );
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Options of `slipway run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub admin_addr: SocketAddr,
+}
+
+/// Fails with a message saying what to do when a CRD is missing.
+pub async fn check_crds_installed(client: &Client) -> anyhow::Result<()> {
+    async fn probe<K>(client: &Client) -> anyhow::Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(client.clone());
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
+                "the CustomResourceDefinition {}.{} is not installed in this cluster; install the CRDs first \
+                 (`kubectl apply --server-side -f crds/` or `helm install slipway charts/slipway`)",
+                K::plural(&()),
+                K::group(&())
+            ),
+            Err(e) => Err(e).with_context(|| format!("listing {} to check the CRD is installed", K::plural(&()))),
+        }
+    }
+    probe::<Environment>(client).await?;
+    probe::<Release>(client).await?;
+    probe::<ScaledWorker>(client).await?;
+    Ok(())
+}
+
+/// Runs the three controllers and the admin server until SIGTERM or SIGINT.
+pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
+    check_crds_installed(&client).await?;
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let health = Health::default();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_router = admin::router(health.clone(), Arc::new(registry));
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(admin::serve(opts.admin_addr, admin_router, async move {
+        let _ = admin_stop.wait_for(|s| *s).await;
+    }));
+
+    let (env_ctrl, env_store) = environment::controller(ctx.clone());
+    let (rel_ctrl, rel_store) = release::controller(ctx.clone());
+    let (sw_ctrl, sw_store) = scaled_worker::controller(ctx.clone());
+
+    let readiness = {
+        let health = health.clone();
+        let metrics = metrics.clone();
+        async move {
+            let synced = futures::future::try_join3(
+                env_store.wait_until_ready(),
+                rel_store.wait_until_ready(),
+                sw_store.wait_until_ready(),
+            )
+            .await;
+            if synced.is_ok() {
+                tracing::info!("watch caches synced; ready");
+                health.set_ready(true);
+                metrics.ready.set(1);
+            }
+        }
+    };
+    tokio::spawn(readiness);
+
+    tracing::info!(admin = %opts.admin_addr, "controllers for Environment, Release and ScaledWorker started");
+    // Each controller stops on SIGTERM/SIGINT (shutdown_on_signal) after finishing the
+    // reconciles in flight.
+    futures::join!(
+        env_ctrl.for_each(|_| async {}),
+        rel_ctrl.for_each(|_| async {}),
+        sw_ctrl.for_each(|_| async {})
+    );
+    tracing::info!("controllers stopped; shutting down");
+    health.set_ready(false);
+    let _ = stop_tx.send(true);
+    match admin_task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context(format!("admin server on {}", opts.admin_addr)),
+        Err(e) => Err(e).context("admin server task"),
+    }
+}

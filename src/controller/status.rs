@@ -1,0 +1,125 @@
+//! Writing status: observedGeneration, conditions, and the skip of no-op writes.
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Context, Error};
+use crate::api::{
+    Condition, Environment, EnvironmentStatus, Release, ReleaseStatus, ScaledWorker, ScaledWorkerStatus,
+};
+
+/// The field manager of every write Slipway makes.
+pub const MANAGER: &str = "slipway";
+
+/// A Slipway object whose status carries observedGeneration and conditions.
+pub trait StatusObject:
+    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    type Status: Serialize + Default + Clone + PartialEq + Send;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    fn observed_generation(status: &mut Self::Status) -> &mut Option<i64>;
+}
+
+macro_rules! status_object {
+    ($kind:ty, $status:ty) => {
+        impl StatusObject for $kind {
+            type Status = $status;
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn conditions(status: &mut $status) -> &mut Vec<Condition> {
+                &mut status.conditions
+            }
+            fn observed_generation(status: &mut $status) -> &mut Option<i64> {
+                &mut status.observed_generation
+            }
+        }
+    };
+}
+status_object!(Environment, EnvironmentStatus);
+status_object!(Release, ReleaseStatus);
+status_object!(ScaledWorker, ScaledWorkerStatus);
+
+/// Current time as an RFC 3339 string with second precision, as metav1.Time serialises.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Builds a condition stamped with the object's generation and the current time.
+pub fn condition(type_: &str, status: &str, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        observed_generation: generation,
+        last_transition_time: now(),
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// Writes `new` as the object's status by server-side apply, unless it equals the status the
+/// API server already holds. Returns whether a write was made.
+pub async fn write_status<K: StatusObject>(obj: &K, new: &K::Status, ctx: &Context) -> Result<bool, Error> {
+    if obj.status() == Some(new) {
+        return Ok(false);
+    }
+    let ns = obj.namespace().ok_or_else(|| Error::MissingNamespace { kind: kind_name::<K>(), name: obj.name_any() })?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    ctx.metrics.status_writes.get_or_create(&crate::metrics::Metrics::kind(&K::kind(&()))).inc();
+    Ok(true)
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Environment" => "Environment",
+        "Release" => "Release",
+        _ => "ScaledWorker",
+    }
+}
+
+/// The first-stage reconcile shared by the kinds whose behaviour is not built yet: it records
+/// the generation it saw, says `Reconciling=True` and leaves `Ready` Unknown, so no tool
+/// (kstatus, `kubectl wait`, Argo CD) mistakes the object for converged.
+pub async fn observe_only<K: StatusObject>(
+    obj: &K,
+    ctx: &Context,
+    fill: impl FnOnce(&mut K::Status),
+) -> Result<bool, Error> {
+    use crate::api::{condition_type, set_condition, status};
+    let generation = obj.meta().generation;
+    let mut new = obj.status().cloned().unwrap_or_default();
+    *K::observed_generation(&mut new) = generation;
+    fill(&mut new);
+    let kind = K::kind(&());
+    let conds = K::conditions(&mut new);
+    set_condition(
+        conds,
+        condition(
+            condition_type::RECONCILING,
+            status::TRUE,
+            "AwaitingController",
+            format!("the {kind} controller has observed this generation but does not act on the spec yet"),
+            generation,
+        ),
+    );
+    set_condition(
+        conds,
+        condition(
+            condition_type::READY,
+            status::UNKNOWN,
+            "Reconciling",
+            format!("{kind} has not converged yet"),
+            generation,
+        ),
+    );
+    write_status(obj, &new, ctx).await
+}

@@ -1,0 +1,12 @@
+//! Slipway: a Kubernetes operator that rolls out containerised apps to dev, staging and prod.
+//!
+//! - [`api`]: the `slipway.dev/v1alpha1` custom resources (Environment, Release, ScaledWorker).
+//! - [`controller`]: one reconciler per kind, started together by [`controller::run`].
+//! - [`admin`]: the `/live`, `/ready` and `/metrics` server.
+//! - [`telemetry`]: logging setup.
+
+pub mod admin;
+pub mod api;
+pub mod controller;
+pub mod metrics;
+pub mod telemetry;

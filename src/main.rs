@@ -1,0 +1,98 @@
+//! The `slipway` command: `slipway run` starts the operator, `slipway crd` prints the CRDs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use slipway::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "slipway", version, about = "Rolls out containerised apps to dev, staging and prod")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator: the Environment, Release and ScaledWorker controllers.
+    Run {
+        /// Address of the admin server (/live, /ready, /metrics).
+        #[arg(long, env = "SLIPWAY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+        admin_addr: SocketAddr,
+        /// Log format.
+        #[arg(long, env = "SLIPWAY_LOG_FORMAT", value_enum, default_value = "human")]
+        log_format: LogFormat,
+        /// Log level (RUST_LOG, when set, wins).
+        #[arg(long, env = "SLIPWAY_LOG_LEVEL", default_value = "info")]
+        log_level: String,
+    },
+    /// Print the CustomResourceDefinitions as YAML, or write one file per kind.
+    Crd {
+        /// Write `<plural>.slipway.dev.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { out_dir } => match write_crds(out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("slipway crd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { admin_addr, log_format, log_level } => {
+            telemetry::init(log_format, &log_level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("slipway run: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(admin_addr)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("slipway run: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(admin_addr: SocketAddr) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration found (in-cluster service account or KUBECONFIG)")?;
+    slipway::controller::run(client, slipway::controller::RunOptions { admin_addr }).await
+}
+
+fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let crds = slipway::api::crds();
+    match out_dir {
+        None => {
+            for crd in &crds {
+                print!("{}", slipway::api::crd_yaml(crd));
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in &crds {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                let path = dir.join(format!("{name}.yaml"));
+                std::fs::write(&path, slipway::api::crd_yaml(crd)).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
