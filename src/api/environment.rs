@@ -18,6 +18,7 @@ use super::common::{Condition, EnvVar, Replicas, Resources};
     shortname = "envs",
     category = "slipway",
     namespaced,
+    doc = "An Environment is a deployment target (dev, staging, prod): where workloads run (a namespace, Azure Container Apps or AWS ECS) and the rules that gate rollouts into it (promotion, approval, freeze).",
     status = "EnvironmentStatus",
     printcolumn = r#"{"name":"Platform","type":"string","jsonPath":".status.platform","description":"Where workloads run"}"#,
     printcolumn = r#"{"name":"Frozen","type":"boolean","jsonPath":".spec.freeze","priority":1}"#,

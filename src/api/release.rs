@@ -24,6 +24,7 @@ pub const RETRY_ANNOTATION: &str = "slipway.dev/retry";
     shortname = "rel",
     category = "slipway",
     namespaced,
+    doc = "A Release is one application at one version in one Environment: services, a migration that must succeed first, scheduled jobs, verification and automatic rollback to the last good revision.",
     status = "ReleaseStatus",
     printcolumn = r#"{"name":"Environment","type":"string","jsonPath":".spec.environment"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,

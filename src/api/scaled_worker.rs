@@ -18,6 +18,7 @@ use super::common::Condition;
     shortname = "sw",
     category = "slipway",
     namespaced,
+    doc = "A ScaledWorker scales a worker by queue depth (Redis, RabbitMQ, SQS, Service Bus, NATS JetStream, PostgreSQL), scale to zero included.",
     status = "ScaledWorkerStatus",
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.target"}"#,
     printcolumn = r#"{"name":"Min","type":"integer","jsonPath":".spec.minReplicas"}"#,

@@ -15,7 +15,14 @@ pub const MANAGER: &str = "slipway";
 
 /// A Slipway object whose status carries observedGeneration and conditions.
 pub trait StatusObject:
-    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
     type Status: Serialize + Default + Clone + PartialEq + Send;
     fn status(&self) -> Option<&Self::Status>;
