@@ -56,7 +56,10 @@ async fn live(State(s): State<AdminState>) -> impl IntoResponse {
     if s.health.is_live() {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a controller loop stopped\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a controller loop stopped\n",
+        )
     }
 }
 
@@ -64,7 +67,10 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     if s.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "waiting for watch caches to sync\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for watch caches to sync\n",
+        )
     }
 }
 
@@ -73,7 +79,10 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(e) => (
@@ -92,5 +101,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "admin server listening (/live /ready /metrics)");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use slipway::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "slipway", version, about = "Rolls out containerised apps to dev, staging and prod")]
+#[command(
+    name = "slipway",
+    version,
+    about = "Rolls out containerised apps to dev, staging and prod"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,9 +50,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { admin_addr, log_format, log_level } => {
+        Command::Run {
+            admin_addr,
+            log_format,
+            log_level,
+        } => {
             telemetry::init(log_format, &log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("slipway run: cannot start the async runtime: {e}");
@@ -89,7 +100,8 @@ fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
             for crd in &crds {
                 let name = crd.metadata.name.clone().unwrap_or_default();
                 let path = dir.join(format!("{name}.yaml"));
-                std::fs::write(&path, slipway::api::crd_yaml(crd)).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, slipway::api::crd_yaml(crd))
+                    .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
         }

@@ -46,14 +46,36 @@ impl Metrics {
     /// Registers every metric under the `slipway` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("slipway");
-        r.register("reconciliations", "Reconciliations started", self.reconciliations.clone());
-        r.register("reconcile_failures", "Reconciliations that returned an error", self.failures.clone());
-        r.register("status_writes", "Status patches sent to the API server", self.status_writes.clone());
-        r.register("reconcile_duration_seconds", "Time spent in one reconciliation", self.duration.clone());
-        r.register("ready", "1 once every watch cache has synced", self.ready.clone());
+        r.register(
+            "reconciliations",
+            "Reconciliations started",
+            self.reconciliations.clone(),
+        );
+        r.register(
+            "reconcile_failures",
+            "Reconciliations that returned an error",
+            self.failures.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Status patches sent to the API server",
+            self.status_writes.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            self.duration.clone(),
+        );
+        r.register(
+            "ready",
+            "1 once every watch cache has synced",
+            self.ready.clone(),
+        );
     }
 
     pub fn kind(kind: &str) -> KindLabels {
-        KindLabels { kind: kind.to_string() }
+        KindLabels {
+            kind: kind.to_string(),
+        }
     }
 }

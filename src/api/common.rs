@@ -99,7 +99,10 @@ pub struct Resources {
     pub cpu: Option<String>,
     /// Memory as a Kubernetes quantity, e.g. `512Mi` or `1Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"), length(max = 16))]
+    #[schemars(
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"),
+        length(max = 16)
+    )]
     pub memory: Option<String>,
 }
 
@@ -108,7 +111,10 @@ pub struct Resources {
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     /// Variable name: letters, digits and `_`, not starting with a digit.
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(min = 1, max = 253))]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        length(min = 1, max = 253)
+    )]
     pub name: String,
     /// Variable value.
     #[serde(default)]

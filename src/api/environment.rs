@@ -85,7 +85,10 @@ impl Platform {
 pub struct KubernetesPlatform {
     /// Namespace the workloads go to. Default: the Environment's own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub namespace: Option<String>,
 }
 
@@ -95,14 +98,18 @@ pub struct KubernetesPlatform {
 #[serde(rename_all = "camelCase")]
 pub struct AzureContainerAppsPlatform {
     /// Azure subscription ID (a GUID).
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
     pub subscription_id: String,
     /// Resource group the container apps live in.
     #[schemars(length(min = 1, max = 90))]
     pub resource_group: String,
     /// ARM ID of the Container Apps managed environment,
     /// `/subscriptions/.../resourceGroups/.../providers/Microsoft.App/managedEnvironments/NAME`.
-    #[schemars(regex(pattern = r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.App/managedEnvironments/[^/]+$"))]
+    #[schemars(regex(
+        pattern = r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.App/managedEnvironments/[^/]+$"
+    ))]
     pub managed_environment_id: String,
     /// Azure region, e.g. `uksouth`.
     #[schemars(length(min = 1, max = 64))]
@@ -182,7 +189,10 @@ pub struct Promotion {
     /// Environment (same namespace) where a Release of the same app must have Succeeded with
     /// the same version first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(min = 1, max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
     pub from: Option<String>,
     /// A person must approve each version with the `slipway.dev/approved-version` annotation.
     #[serde(default)]
@@ -211,7 +221,10 @@ pub struct ServiceDefaults {
 #[serde(rename_all = "camelCase")]
 pub struct SecretEnv {
     /// Name of the environment variable.
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(min = 1, max = 253))]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        length(min = 1, max = 253)
+    )]
     pub name: String,
     /// Where the value comes from: exactly one source.
     pub from: SecretSource,

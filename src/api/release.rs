@@ -44,15 +44,24 @@ pub const RETRY_ANNOTATION: &str = "slipway.dev/retry";
 ]))]
 pub struct ReleaseSpec {
     /// Environment (same namespace) this Release deploys to. Immutable.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(min = 1, max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
     pub environment: String,
     /// Application name linking Releases of the same app across Environments (promotion).
     /// Default: `metadata.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub app: Option<String>,
     /// The version to run, e.g. `v1.6.1` or a commit SHA.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"), length(min = 1, max = 128))]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"),
+        length(min = 1, max = 128)
+    )]
     pub version: String,
     /// Long-running services; at least one, keyed by name.
     #[schemars(length(min = 1, max = 32))]
@@ -90,7 +99,10 @@ fn default_history_limit() -> i32 {
 ]))]
 pub struct Service {
     /// Service name: a DNS-1123 label, unique within the Release.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 40))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 40)
+    )]
     pub name: String,
     /// Container image, e.g. `cr.example.io/shop-api:v1.6.1`.
     #[schemars(length(min = 1, max = 512))]
@@ -132,7 +144,10 @@ pub struct Service {
 #[serde(rename_all = "camelCase")]
 pub struct Port {
     /// Port name: a DNS-1123 label of at most 15 characters, e.g. `http`.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 15))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 15)
+    )]
     pub name: String,
     /// Port number.
     #[schemars(range(min = 1, max = 65535))]
@@ -148,7 +163,12 @@ pub struct Ingress {
     pub external: bool,
     /// Host name, e.g. `api.shop.example`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"), length(max = 253))]
+    #[schemars(
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        ),
+        length(max = 253)
+    )]
     pub host: Option<String>,
     /// Path prefix.
     #[serde(default = "default_path")]
@@ -247,7 +267,10 @@ fn default_migration_timeout() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct ScheduledJob {
     /// Job name: a DNS-1123 label, unique within the Release.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 40))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 40)
+    )]
     pub name: String,
     /// Container image.
     #[schemars(length(min = 1, max = 512))]
@@ -263,7 +286,9 @@ pub struct ScheduledJob {
     /// Five-field cron schedule (minute hour day-of-month month day-of-week), e.g.
     /// `0 2 * * *`, or a macro such as `@daily`.
     #[schemars(length(min = 1, max = 128))]
-    #[schemars(regex(pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*?,/LW#A-Za-z-]+(\s+[0-9*?,/LW#A-Za-z-]+){4})$"))]
+    #[schemars(regex(
+        pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*?,/LW#A-Za-z-]+(\s+[0-9*?,/LW#A-Za-z-]+){4})$"
+    ))]
     pub schedule: String,
     /// IANA time zone of the schedule, e.g. `Europe/London`. Default: UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,7 +327,11 @@ pub struct Rollout {
 
 impl Default for Rollout {
     fn default() -> Self {
-        Rollout { progress_deadline_seconds: 600, auto_rollback: true, verify: None }
+        Rollout {
+            progress_deadline_seconds: 600,
+            auto_rollback: true,
+            verify: None,
+        }
     }
 }
 

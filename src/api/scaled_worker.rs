@@ -110,7 +110,10 @@ pub struct ReleaseTarget {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Service name within the Release.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 40))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 40)
+    )]
     pub service: String,
 }
 
@@ -134,7 +137,10 @@ pub struct DeploymentTarget {
 ]))]
 pub struct Trigger {
     /// Trigger name: a DNS-1123 label, unique within the ScaledWorker.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub name: String,
     /// Messages one replica handles (KEDA's messageCount).
     pub target_per_replica: i64,

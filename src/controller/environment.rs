@@ -17,13 +17,20 @@ use crate::metrics::Metrics;
 pub fn controller(
     ctx: Arc<Context>,
 ) -> (
-    impl futures::Stream<Item = Result<(kube::runtime::reflector::ObjectRef<Environment>, Action), impl std::error::Error>>,
+    impl futures::Stream<
+        Item = Result<
+            (kube::runtime::reflector::ObjectRef<Environment>, Action),
+            impl std::error::Error,
+        >,
+    >,
     Store<Environment>,
 ) {
     let api: Api<Environment> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let stream = controller.shutdown_on_signal().run(reconcile, error_policy, ctx);
+    let stream = controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx);
     (stream, store)
 }
 
@@ -32,7 +39,13 @@ pub async fn reconcile(obj: Arc<Environment>, ctx: Arc<Context>) -> Result<Actio
     let started = Instant::now();
     let labels = Metrics::kind("Environment");
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
-    observe_only(obj.as_ref(), &ctx, |s| s.platform = Some(obj.spec.platform.kind_name().to_string())).await?;
-    ctx.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    observe_only(obj.as_ref(), &ctx, |s| {
+        s.platform = Some(obj.spec.platform.kind_name().to_string())
+    })
+    .await?;
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     Ok(Action::requeue(Duration::from_secs(300)))
 }

@@ -64,7 +64,10 @@ where
     let kind = K::kind(&()).to_string();
     ctx.metrics
         .failures
-        .get_or_create(&crate::metrics::ErrorLabels { kind: kind.clone(), error: err.metric_label().into() })
+        .get_or_create(&crate::metrics::ErrorLabels {
+            kind: kind.clone(),
+            error: err.metric_label().into(),
+        })
         .inc();
     tracing::warn!(
         kind,
@@ -106,6 +109,25 @@ pub async fn check_crds_installed(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves once the store has seen its initial list. Re-polled on a short timer: the store's
+/// readiness signal wakes only one waiter (the controller's own), so a second waiter could
+/// otherwise sleep forever.
+async fn synced<K>(
+    store: &kube::runtime::reflector::Store<K>,
+) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(res) =
+            tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await
+        {
+            return res;
+        }
+    }
+}
+
 /// Runs the three controllers and the admin server until SIGTERM or SIGINT.
 pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     check_crds_installed(&client).await?;
@@ -117,7 +139,10 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics: metrics.clone(),
-        reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+        reporter: Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -136,9 +161,9 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         let metrics = metrics.clone();
         async move {
             let synced = futures::future::try_join3(
-                env_store.wait_until_ready(),
-                rel_store.wait_until_ready(),
-                sw_store.wait_until_ready(),
+                synced(&env_store),
+                synced(&rel_store),
+                synced(&sw_store),
             )
             .await;
             if synced.is_ok() {

@@ -17,13 +17,20 @@ use crate::metrics::Metrics;
 pub fn controller(
     ctx: Arc<Context>,
 ) -> (
-    impl futures::Stream<Item = Result<(kube::runtime::reflector::ObjectRef<Release>, Action), impl std::error::Error>>,
+    impl futures::Stream<
+        Item = Result<
+            (kube::runtime::reflector::ObjectRef<Release>, Action),
+            impl std::error::Error,
+        >,
+    >,
     Store<Release>,
 ) {
     let api: Api<Release> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let stream = controller.shutdown_on_signal().run(reconcile, error_policy, ctx);
+    let stream = controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx);
     (stream, store)
 }
 
@@ -33,6 +40,9 @@ pub async fn reconcile(obj: Arc<Release>, ctx: Arc<Context>) -> Result<Action, E
     let labels = Metrics::kind("Release");
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
     observe_only(obj.as_ref(), &ctx, |_| {}).await?;
-    ctx.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     Ok(Action::requeue(Duration::from_secs(300)))
 }

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::{Context, Error};
 use crate::api::{
-    Condition, Environment, EnvironmentStatus, Release, ReleaseStatus, ScaledWorker, ScaledWorkerStatus,
+    Condition, Environment, EnvironmentStatus, Release, ReleaseStatus, ScaledWorker,
+    ScaledWorkerStatus,
 };
 
 /// The field manager of every write Slipway makes.
@@ -56,7 +57,13 @@ pub fn now() -> String {
 }
 
 /// Builds a condition stamped with the object's generation and the current time.
-pub fn condition(type_: &str, status: &str, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Condition {
+pub fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: status.into(),
@@ -69,19 +76,34 @@ pub fn condition(type_: &str, status: &str, reason: &str, message: impl Into<Str
 
 /// Writes `new` as the object's status by server-side apply, unless it equals the status the
 /// API server already holds. Returns whether a write was made.
-pub async fn write_status<K: StatusObject>(obj: &K, new: &K::Status, ctx: &Context) -> Result<bool, Error> {
+pub async fn write_status<K: StatusObject>(
+    obj: &K,
+    new: &K::Status,
+    ctx: &Context,
+) -> Result<bool, Error> {
     if obj.status() == Some(new) {
         return Ok(false);
     }
-    let ns = obj.namespace().ok_or_else(|| Error::MissingNamespace { kind: kind_name::<K>(), name: obj.name_any() })?;
+    let ns = obj.namespace().ok_or_else(|| Error::MissingNamespace {
+        kind: kind_name::<K>(),
+        name: obj.name_any(),
+    })?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": new,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-    ctx.metrics.status_writes.get_or_create(&crate::metrics::Metrics::kind(&K::kind(&()))).inc();
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&crate::metrics::Metrics::kind(&K::kind(&())))
+        .inc();
     Ok(true)
 }
 

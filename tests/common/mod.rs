@@ -1,0 +1,276 @@
+//! Shared harness of the integration tests: a real API server, the CRDs, and one namespace per
+//! test.
+//!
+//! When `KUBECONFIG` is set the tests use that cluster (a kind cluster, say); otherwise they
+//! start the local control plane with `tests/testenv/up`, which prints the path of an admin
+//! kubeconfig on its last line. Either way every test works in a namespace of its own that is
+//! deleted when the test ends, pass or fail.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig the tests use: `$KUBECONFIG`, or the one `tests/testenv/up` prints.
+pub fn kubeconfig_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(k) = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
+            return PathBuf::from(k);
+        }
+        let up = repo_root().join("tests/testenv/up");
+        eprintln!(
+            "KUBECONFIG is not set: starting the local control plane with {}",
+            up.display()
+        );
+        let out = std::process::Command::new(&up)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", up.display()));
+        assert!(
+            out.status.success(),
+            "tests/testenv/up failed ({}); see its output above",
+            out.status
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout
+            .lines()
+            .last()
+            .expect("tests/testenv/up printed no kubeconfig path")
+            .trim();
+        PathBuf::from(last)
+    })
+    .clone()
+}
+
+/// True when the cluster is the local control plane this test run owns (so tests may do
+/// cluster-wide things such as removing the CRDs).
+pub fn owns_cluster() -> bool {
+    std::env::var("SLIPWAY_TESTENV_OWNED")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+}
+
+/// A client for the test cluster.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig =
+        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    Client::try_from(config).expect("building a client")
+}
+
+/// A client with the Slipway CRDs installed (server-side apply; idempotent) and Established.
+pub async fn client_with_crds() -> Client {
+    let client = client().await;
+    install_crds(&client).await;
+    client
+}
+
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in slipway::api::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("slipway-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
+        .unwrap();
+    }
+}
+
+/// A namespace owned by one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{}", random_suffix());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": name, "labels": { "slipway.dev/test": "true" } }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await, and the test's runtime may be shutting down: delete from a
+        // thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = client().await;
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub fn random_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        ^ (std::process::id() as u64) << 20
+        ^ COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) << 40;
+    format!("{:x}", n & 0xff_ffff)
+}
+
+/// Parses every YAML document of a file (skipping empty ones).
+pub fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            serde_json::Value::deserialize(d)
+                .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Files in a folder with the given extension, sorted.
+pub fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `slipway run` process against the test cluster, killed when dropped.
+pub struct Operator {
+    pub child: std::process::Child,
+    pub admin: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator binary with an admin server on a free loopback port.
+    pub fn start(extra_args: &[&str]) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::env::temp_dir().join(format!("slipway-operator-{}.log", random_suffix()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .arg("run")
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,slipway=debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("starting the slipway binary");
+        Operator { child, admin, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status code, body). None when nothing listens.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
