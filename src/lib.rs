@@ -9,4 +9,6 @@ pub mod admin;
 pub mod api;
 pub mod controller;
 pub mod metrics;
+pub mod platform;
+pub mod release;
 pub mod telemetry;

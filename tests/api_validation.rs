@@ -50,7 +50,6 @@ fn check_typed(doc: &serde_json::Value, file: &str) {
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {
     let client = client_with_crds().await;
-    let ns = TestNamespace::new(&client, "examples").await;
     let files = files(&repo_root().join("examples"), "yaml");
     assert!(
         files.len() >= 6,
@@ -59,6 +58,8 @@ async fn every_example_is_accepted_by_the_api_server() {
     let mut created = 0;
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
+        // One namespace per file, as a user applies them: files reuse names like `prod`.
+        let ns = TestNamespace::new(&client, "examples").await;
         for doc in yaml_documents(file) {
             match doc["kind"].as_str() {
                 Some("Namespace") => continue,

@@ -94,8 +94,8 @@ fn default_history_limit() -> i32 {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.ingress) || (has(self.ports) && size(self.ports) > 0)",
      "message": "a service with ingress needs at least one entry in ports"},
-    {"rule": "!has(self.healthCheck) || !has(self.healthCheck.port) || type(self.healthCheck.port) == int || (has(self.ports) && self.ports.exists(p, p.name == self.healthCheck.port))",
-     "message": "healthCheck.port must be a port number or the name of one of the service's ports"}
+    {"rule": "!has(self.healthCheck) || !has(self.healthCheck.port) || (type(self.healthCheck.port) == int ? (self.healthCheck.port >= 1 && self.healthCheck.port <= 65535) : (has(self.ports) && self.ports.exists(p, p.name == self.healthCheck.port)))",
+     "message": "healthCheck.port must be a port number (1-65535) or the name of one of the service's ports"}
 ]))]
 pub struct Service {
     /// Service name: a DNS-1123 label, unique within the Release.
@@ -287,7 +287,7 @@ pub struct ScheduledJob {
     /// `0 2 * * *`, or a macro such as `@daily`.
     #[schemars(length(min = 1, max = 128))]
     #[schemars(regex(
-        pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*?,/LW#A-Za-z-]+(\s+[0-9*?,/LW#A-Za-z-]+){4})$"
+        pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\*|\?|([0-9]{1,2}|[A-Za-z]{3})(-([0-9]{1,2}|[A-Za-z]{3}))?)(/[0-9]{1,2})?(,(\*|\?|([0-9]{1,2}|[A-Za-z]{3})(-([0-9]{1,2}|[A-Za-z]{3}))?)(/[0-9]{1,2})?)*(\s+(\*|\?|([0-9]{1,2}|[A-Za-z]{3})(-([0-9]{1,2}|[A-Za-z]{3}))?)(/[0-9]{1,2})?(,(\*|\?|([0-9]{1,2}|[A-Za-z]{3})(-([0-9]{1,2}|[A-Za-z]{3}))?)(/[0-9]{1,2})?)*){4})$"
     ))]
     pub schedule: String,
     /// IANA time zone of the schedule, e.g. `Europe/London`. Default: UTC.

@@ -237,7 +237,7 @@ pub struct SqsSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.queue) != (has(self.topic) && has(self.subscription))",
+    {"rule": "has(self.queue) ? (!has(self.topic) && !has(self.subscription)) : (has(self.topic) && has(self.subscription))",
      "message": "serviceBus needs either queue, or topic and subscription"}
 ]))]
 pub struct ServiceBusSource {

@@ -1,0 +1,1 @@
+//! Platforms: where a revision plan becomes running workloads.
