@@ -428,6 +428,27 @@ pub struct ReleaseStatus {
     /// Current revision number; increases with every spec change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
+    /// Version the current revision deploys (`spec.version` when the revision started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_version: Option<String>,
+    /// When the current revision started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_started_at: Option<String>,
+    /// When the services of the current revision started to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started_at: Option<String>,
+    /// Verification attempts made for the current revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_attempts: Option<i32>,
+    /// The last revision that Succeeded: what a rollback restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_succeeded_revision: Option<i64>,
+    /// The revision restored by the last rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<i64>,
+    /// The `slipway.dev/retry` annotation value the current revision started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
     /// Ready, Reconciling, Stalled, MigrationSucceeded, RolledOut, Healthy, RolledBack.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -44,6 +44,8 @@ pub enum Error {
     MissingNamespace { kind: &'static str, name: String },
     #[error("could not serialise status: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -52,6 +54,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::Serialize(_) => "serialize",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }

@@ -1,48 +1,544 @@
-//! The Release: gates, migration, rollout, verification and rollback of one app version.
+//! The Release controller: loads the Release and its Environment, resolves the revision plan,
+//! asks the pure state machine (`release::machine`) what to do, carries the actions out
+//! through the platform, and writes status.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::ListParams;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::Api;
+use kube::{Api, Resource, ResourceExt};
 
-use super::status::observe_only;
+use super::status::write_status;
 use super::{error_policy, Context, Error};
-use crate::api::Release;
+use crate::api::{
+    Environment, Phase, Release, ReleaseStatus, ScaledWorker, APPROVED_VERSION_ANNOTATION,
+    RETRY_ANNOTATION,
+};
 use crate::metrics::Metrics;
+use crate::platform::kubernetes::ops::KubernetesPlatform;
+use crate::platform::kubernetes::render::{self, Target};
+use crate::release::machine::{self, Gate, Gates, MigrationObserved, RolloutObserved};
+use crate::release::plan::{self, RevisionPlan};
 
-/// Builds the Release controller stream and its object cache.
+/// Finalizer that removes what a Release created (also outside its own namespace).
+pub const FINALIZER: &str = "slipway.dev/cleanup";
+
+/// Builds the Release controller stream and its object cache. It also wakes on changes of the
+/// Jobs and Deployments it owns and of the Environments Releases point at.
 pub fn controller(
     ctx: Arc<Context>,
 ) -> (
-    impl futures::Stream<
-        Item = Result<
-            (kube::runtime::reflector::ObjectRef<Release>, Action),
-            impl std::error::Error,
-        >,
-    >,
+    impl futures::Stream<Item = Result<(ObjectRef<Release>, Requeue), impl std::error::Error>>,
     Store<Release>,
 ) {
-    let api: Api<Release> = Api::all(ctx.client.clone());
+    let client = ctx.client.clone();
+    let api: Api<Release> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let releases = store.clone();
     let stream = controller
+        .owns(
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
+        )
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
+        )
+        .watches(
+            Api::<Environment>::all(client),
+            watcher::Config::default(),
+            move |env: Environment| {
+                let ns = env.namespace();
+                let name = env.name_any();
+                releases
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && r.spec.environment == name)
+                    .map(|r| ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
     (stream, store)
 }
 
 /// Reconciles one Release.
-pub async fn reconcile(obj: Arc<Release>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(rel: Arc<Release>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
     let labels = Metrics::kind("Release");
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
-    observe_only(obj.as_ref(), &ctx, |_| {}).await?;
+    let ns = rel.namespace().ok_or_else(|| Error::MissingNamespace {
+        kind: "Release",
+        name: rel.name_any(),
+    })?;
+    let api: Api<Release> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, rel, |event| async {
+        match event {
+            Finalizer::Apply(r) => apply(r, &ctx).await,
+            Finalizer::Cleanup(r) => cleanup(r, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
     ctx.metrics
         .duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    Ok(Action::requeue(Duration::from_secs(300)))
+    result
+}
+
+/// Where the Release's workloads go, and whether that is outside the Release's namespace.
+fn target(rel: &Release, env: &Environment) -> Target {
+    let ns = env
+        .spec
+        .platform
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.namespace.clone())
+        .unwrap_or_else(|| env.namespace().unwrap_or_default());
+    Target {
+        namespace: ns,
+        owner: rel
+            .controller_owner_ref(&())
+            .expect("a Release from the API has a uid"),
+    }
+}
+
+async fn cleanup(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = rel.namespace().unwrap_or_default();
+    let envs: Api<Environment> = Api::namespaced(ctx.client.clone(), &ns);
+    let target_ns = match envs.get_opt(&rel.spec.environment).await? {
+        Some(env) => target(&rel, &env).namespace,
+        None => ns.clone(),
+    };
+    let owner = rel
+        .controller_owner_ref(&())
+        .expect("a Release from the API has a uid");
+    let platform = KubernetesPlatform::new(
+        ctx.client.clone(),
+        Target {
+            namespace: target_ns,
+            owner,
+        },
+    );
+    platform.delete_all(&rel.name_any()).await?;
+    tracing::info!(release = %rel.name_any(), namespace = %ns, "deleted everything the Release created");
+    Ok(Requeue::await_change())
+}
+
+/// Writes a status that says the Release cannot proceed and why, naming the field.
+async fn blocked(
+    rel: &Release,
+    ctx: &Context,
+    reason: &str,
+    message: String,
+    stalled: bool,
+) -> Result<Requeue, Error> {
+    use crate::api::{condition_type, set_condition, status};
+    let g = rel.metadata.generation;
+    let mut st = rel.status.clone().unwrap_or_default();
+    st.observed_generation = g;
+    if st.phase.is_none() {
+        st.phase = Some(Phase::Pending);
+    }
+    let c = &mut st.conditions;
+    let mk = super::status::condition;
+    set_condition(
+        c,
+        mk(
+            condition_type::READY,
+            status::FALSE,
+            reason,
+            message.clone(),
+            g,
+        ),
+    );
+    set_condition(
+        c,
+        mk(
+            condition_type::RECONCILING,
+            if stalled { status::FALSE } else { status::TRUE },
+            reason,
+            String::new(),
+            g,
+        ),
+    );
+    set_condition(
+        c,
+        mk(
+            condition_type::STALLED,
+            if stalled { status::TRUE } else { status::FALSE },
+            reason,
+            String::new(),
+            g,
+        ),
+    );
+    if write_status(rel, &st, ctx).await? {
+        publish(ctx, rel, true, reason, &message).await;
+    }
+    Ok(Requeue::requeue(Duration::from_secs(30)))
+}
+
+async fn publish(ctx: &Context, rel: &Release, warning: bool, reason: &str, message: &str) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &rel.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not record an Event");
+    }
+}
+
+/// The promotion gate: the same app must have Succeeded with this version in `from`.
+async fn promotion_gate(rel: &Release, env: &Environment, ctx: &Context) -> Result<Gate, Error> {
+    let Some(from) = env.spec.promotion.as_ref().and_then(|p| p.from.clone()) else {
+        return Ok(Gate::Open);
+    };
+    let ns = rel.namespace().unwrap_or_default();
+    let app = rel.spec.app.clone().unwrap_or_else(|| rel.name_any());
+    let all: Api<Release> = Api::namespaced(ctx.client.clone(), &ns);
+    let succeeded = all
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .any(|r| {
+            let r_app = r.spec.app.clone().unwrap_or_else(|| r.name_any());
+            let Some(st) = r.status.as_ref() else {
+                return false;
+            };
+            r_app == app
+                && r.spec.environment == from
+                && ((st.phase == Some(Phase::Succeeded)
+                    && st.version.as_deref() == Some(rel.spec.version.as_str()))
+                    || st
+                        .history
+                        .iter()
+                        .any(|h| h.phase == Phase::Succeeded && h.version == rel.spec.version))
+        });
+    Ok(if succeeded {
+        Gate::Open
+    } else {
+        Gate::Waiting(format!(
+            "{app} {} has not Succeeded in Environment {from} yet (promotion.from of Environment {})",
+            rel.spec.version,
+            env.name_any()
+        ))
+    })
+}
+
+fn approval_gate(rel: &Release, env: &Environment) -> Gate {
+    let required = env
+        .spec
+        .promotion
+        .as_ref()
+        .is_some_and(|p| p.require_approval);
+    let approved = rel
+        .annotations()
+        .get(APPROVED_VERSION_ANNOTATION)
+        .map(String::as_str);
+    if !required || approved == Some(rel.spec.version.as_str()) {
+        Gate::Open
+    } else {
+        Gate::Waiting(format!(
+            "Environment {} requires approval: set annotation {APPROVED_VERSION_ANNOTATION}={} on Release {}",
+            env.name_any(),
+            rel.spec.version,
+            rel.name_any()
+        ))
+    }
+}
+
+/// Services of this Release that a ScaledWorker scales.
+async fn scaled_services(rel: &Release, ctx: &Context) -> Result<Vec<String>, Error> {
+    let ns = rel.namespace().unwrap_or_default();
+    let sws: Api<ScaledWorker> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(sws
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| {
+            s.spec
+                .target
+                .release
+                .filter(|t| t.name == rel.name_any())
+                .map(|t| t.service)
+        })
+        .collect())
+}
+
+/// One HTTP GET attempt; 2xx passes. Plain HTTP only: HTTPS verification is not built yet.
+async fn verify_once(url: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// verification URLs are supported so far"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: slipway\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+        let mut buf = vec![0u8; 64];
+        let n = s.read(&mut buf).await.map_err(|e| format!("{url}: {e}"))?;
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        let code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if (200..300).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("{url} answered HTTP {code}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{url}: timed out")))
+}
+
+fn verify_url(rel: &Release, plan: &RevisionPlan, target_ns: &str) -> Option<String> {
+    let v = rel.spec.rollout.as_ref()?.verify.as_ref()?;
+    if let Some(url) = &v.url {
+        return Some(url.clone());
+    }
+    let svc = v.service.as_ref()?;
+    let port = plan
+        .services
+        .iter()
+        .find(|s| &s.name == svc)?
+        .ports
+        .first()?
+        .port;
+    Some(format!(
+        "http://{}.{target_ns}.svc:{port}{}",
+        render::workload_name(&rel.name_any(), svc),
+        v.path.clone().unwrap_or_else(|| "/".into())
+    ))
+}
+
+async fn apply(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = rel.namespace().unwrap_or_default();
+    let name = rel.name_any();
+    let envs: Api<Environment> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(env) = envs.get_opt(&rel.spec.environment).await? else {
+        return blocked(
+            &rel,
+            ctx,
+            "EnvironmentNotFound",
+            format!(
+                "spec.environment: Environment {} not found in namespace {ns}",
+                rel.spec.environment
+            ),
+            false,
+        )
+        .await;
+    };
+    let platform_kind = env.spec.platform.kind_name();
+    if platform_kind != "kubernetes" {
+        return blocked(
+            &rel,
+            ctx,
+            "PlatformNotSupported",
+            format!(
+                "Environment {}: spec.platform.{platform_kind} is not supported for Releases yet; only platform.kubernetes is",
+                env.name_any()
+            ),
+            true,
+        )
+        .await;
+    }
+    if let Some((i, s)) = env
+        .spec
+        .secrets
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.from.secret_key_ref.is_none())
+    {
+        return blocked(
+            &rel,
+            ctx,
+            "InvalidSpec",
+            format!(
+                "Environment {}: spec.secrets[{i}].from.{} ({}) cannot be served by platform.kubernetes; use secretKeyRef",
+                env.name_any(),
+                s.from.kind_name(),
+                s.name
+            ),
+            true,
+        )
+        .await;
+    }
+    let scaled = scaled_services(&rel, ctx).await?;
+    let plan = match plan::resolve(&rel, &env, &scaled) {
+        Ok(p) => p,
+        Err(e) => {
+            return blocked(
+                &rel,
+                ctx,
+                "InvalidSpec",
+                format!("Release {name}: {e}"),
+                true,
+            )
+            .await
+        }
+    };
+    let tgt = target(&rel, &env);
+    let target_ns = tgt.namespace.clone();
+    let platform =
+        KubernetesPlatform::new(ctx.client.clone(), tgt).cross_namespace(target_ns != ns);
+
+    let status = rel.status.clone().unwrap_or_default();
+    let retry = rel.annotations().get(RETRY_ANNOTATION).cloned();
+    let attempt_key = retry.clone().unwrap_or_default();
+    let generation = rel.metadata.generation.unwrap_or(1);
+    let rollout = rel.spec.rollout.clone().unwrap_or_default();
+    let gates = Gates {
+        frozen: env.spec.freeze,
+        promotion: promotion_gate(&rel, &env, ctx).await?,
+        approval: approval_gate(&rel, &env),
+    };
+    let migration = match &status.migration {
+        Some(m) if m.state == "Running" => platform.migration(&m.job).await?,
+        Some(m) if m.state == "Succeeded" => MigrationObserved::Succeeded,
+        _ => MigrationObserved::Absent,
+    };
+    let observe = matches!(
+        status.phase,
+        Some(Phase::RollingOut) | Some(Phase::Verifying) | Some(Phase::Succeeded)
+    ) && status.revision == Some(generation);
+    let (rollout_observed, services) = if observe {
+        let (o, s) = platform.observe(&plan).await?;
+        (o, Some(s))
+    } else {
+        (RolloutObserved::default(), None)
+    };
+    let verify = if status.phase == Some(Phase::Verifying) && status.revision == Some(generation) {
+        match verify_url(&rel, &plan, &target_ns) {
+            Some(url) => Some(verify_once(&url).await),
+            None => Some(Err("rollout.verify has no usable URL".into())),
+        }
+    } else {
+        None
+    };
+    let rollback_target = status
+        .last_succeeded_revision
+        .filter(|r| *r != generation)
+        .map(|r| {
+            let version = status
+                .history
+                .iter()
+                .find(|h| h.revision == r)
+                .map(|h| h.version.clone())
+                .or_else(|| status.version.clone())
+                .unwrap_or_default();
+            (r, version)
+        });
+    let input = machine::Input {
+        generation,
+        version: rel.spec.version.clone(),
+        retry,
+        status: status.clone(),
+        gates,
+        has_migration: plan.migration.is_some(),
+        migration_job_name: render::migration_job_name(&name, generation, &attempt_key),
+        migration,
+        rollout: rollout_observed,
+        verify_attempts_allowed: rollout.verify.as_ref().map(|v| v.attempts),
+        verify_interval: Duration::from_secs(
+            rollout
+                .verify
+                .as_ref()
+                .map(|v| v.interval_seconds)
+                .unwrap_or(6) as u64,
+        ),
+        verify,
+        auto_rollback: rollout.auto_rollback,
+        rollback_target,
+        progress_deadline: Duration::from_secs(rollout.progress_deadline_seconds as u64),
+        history_limit: rel.spec.revision_history_limit.max(1) as usize,
+        now: chrono::Utc::now(),
+    };
+    let mut decision = machine::decide(&input);
+
+    for action in &decision.actions {
+        match action {
+            machine::Action::StartMigration => {
+                platform.prepare().await?;
+                platform.start_migration(&plan, &attempt_key).await?;
+            }
+            machine::Action::ApplyCurrent => {
+                platform.prepare().await?;
+                platform.store_plan(&plan, &ns).await?;
+                platform
+                    .apply(&plan, rollout.progress_deadline_seconds)
+                    .await?;
+                let keep = rel.spec.revision_history_limit.max(1) as usize + 1;
+                let protect: Vec<i64> = decision
+                    .status
+                    .last_succeeded_revision
+                    .into_iter()
+                    .collect();
+                platform.prune_plans(&name, &ns, keep, &protect).await?;
+            }
+            machine::Action::ApplyRevision(rev) => {
+                match platform.load_plan(&name, *rev, &ns).await? {
+                    Some(old) => {
+                        platform
+                            .apply(&old, rollout.progress_deadline_seconds)
+                            .await?
+                    }
+                    None => {
+                        tracing::warn!(release = %name, revision = rev, "no stored plan to roll back to")
+                    }
+                }
+            }
+            machine::Action::Verify => {}
+        }
+    }
+    if let Some(s) = services {
+        decision.status.services = s;
+    }
+    let status_out: ReleaseStatus = decision.status;
+    write_status(rel.as_ref(), &status_out, ctx).await?;
+    for ev in &decision.events {
+        publish(ctx, &rel, ev.warning, &ev.reason, &ev.message).await;
+    }
+    Ok(Requeue::requeue(decision.requeue))
 }

@@ -1,1 +1,3 @@
 //! Platforms: where a revision plan becomes running workloads.
+
+pub mod kubernetes;

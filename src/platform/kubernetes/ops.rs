@@ -1,0 +1,416 @@
+//! Carrying out a revision plan on Kubernetes: server-side apply of the rendered objects
+//! (skipped when the stored `slipway.dev/plan-hash` already matches, so a converged Release
+//! makes no write), migration Jobs, rollout observation, stored plans for rollback, and
+//! cleanup by label.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::render::{self, Target};
+use crate::api::ServiceStatus;
+use crate::release::machine::{MigrationObserved, RolloutObserved};
+use crate::release::plan::{ReplicaPolicy, RevisionPlan};
+
+/// Field manager of every write.
+pub const MANAGER: &str = "slipway";
+/// Annotation carrying the hash of the rendered plan of an object.
+pub const PLAN_HASH: &str = "slipway.dev/plan-hash";
+/// Label on everything a Release created.
+pub const RELEASE_LABEL: &str = "slipway.dev/release";
+
+/// The Kubernetes platform for one Release in one target namespace.
+pub struct KubernetesPlatform {
+    pub client: Client,
+    pub target: Target,
+    /// Writes made, for the no-op-reconcile metric and benchmark.
+    pub writes: std::sync::atomic::AtomicU64,
+    /// The target namespace differs from the Release's: owner references cannot cross
+    /// namespaces (the garbage collector would delete the objects), so they are left out and
+    /// the Release's finalizer cleans up by label instead.
+    cross_namespace: bool,
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+impl KubernetesPlatform {
+    pub fn new(client: Client, target: Target) -> Self {
+        KubernetesPlatform {
+            client,
+            target,
+            writes: Default::default(),
+            cross_namespace: false,
+        }
+    }
+
+    /// Marks the target as outside the Release's namespace.
+    pub fn cross_namespace(mut self, cross: bool) -> Self {
+        self.cross_namespace = cross;
+        self
+    }
+
+    fn apply_body<K: k8s_openapi::Resource + Serialize>(&self, obj: &K) -> serde_json::Value {
+        let mut v = render::to_apply(obj);
+        if self.cross_namespace {
+            if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.remove("ownerReferences");
+            }
+        }
+        v
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.target.namespace)
+    }
+
+    fn wrote(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Creates the target namespace when it is missing.
+    pub async fn prepare(&self) -> Result<(), kube::Error> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        if api.get_opt(&self.target.namespace).await?.is_some() {
+            return Ok(());
+        }
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": self.target.namespace, "labels": { "app.kubernetes.io/managed-by": "slipway" } }
+        }))
+        .expect("a namespace literal");
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {
+                self.wrote();
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies one object unless the live one carries the same plan hash.
+    async fn apply_if_changed<K>(&self, obj: &K) -> Result<bool, kube::Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + k8s_openapi::Resource
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = self.api();
+        let name = obj.name_any();
+        let want = obj.annotations().get(PLAN_HASH).cloned();
+        if let Some(live) = api.get_opt(&name).await? {
+            if want.is_some() && live.annotations().get(PLAN_HASH) == want.as_ref() {
+                return Ok(false);
+            }
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(self.apply_body(obj)),
+        )
+        .await?;
+        self.wrote();
+        Ok(true)
+    }
+
+    /// Deletes objects of kind K labelled for this Release whose names are not in `keep`.
+    async fn prune<K>(&self, release: &str, keep: &BTreeSet<String>) -> Result<(), kube::Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = self.api();
+        let list = api
+            .list_metadata(&ListParams::default().labels(&format!("{RELEASE_LABEL}={release}")))
+            .await?;
+        for o in list.items {
+            let name = o.name_any();
+            if !keep.contains(&name) {
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => self.wrote(),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every service and scheduled job of the plan and deletes the ones removed from it.
+    pub async fn apply(
+        &self,
+        plan: &RevisionPlan,
+        progress_deadline_seconds: i32,
+    ) -> Result<(), kube::Error> {
+        let t = &self.target;
+        let mut deployments = BTreeSet::new();
+        let mut services = BTreeSet::new();
+        let mut ingresses = BTreeSet::new();
+        let mut hpas = BTreeSet::new();
+        let mut cronjobs = BTreeSet::new();
+        for svc in &plan.services {
+            let d = render::deployment(plan, svc, t, progress_deadline_seconds);
+            deployments.insert(d.name_any());
+            self.apply_if_changed(&d).await?;
+            if let Some(s) = render::service(plan, svc, t) {
+                services.insert(s.name_any());
+                self.apply_if_changed(&s).await?;
+            }
+            if let Some(i) = render::ingress(plan, svc, t) {
+                ingresses.insert(i.name_any());
+                self.apply_if_changed(&i).await?;
+            }
+            if let Some(h) = render::hpa(plan, svc, t) {
+                hpas.insert(h.name_any());
+                self.apply_if_changed(&h).await?;
+            }
+        }
+        for job in &plan.jobs {
+            let c = render::cron_job(plan, job, t);
+            cronjobs.insert(c.name_any());
+            self.apply_if_changed(&c).await?;
+        }
+        self.prune::<Deployment>(&plan.release, &deployments)
+            .await?;
+        self.prune::<Service>(&plan.release, &services).await?;
+        self.prune::<Ingress>(&plan.release, &ingresses).await?;
+        self.prune::<HorizontalPodAutoscaler>(&plan.release, &hpas)
+            .await?;
+        self.prune::<CronJob>(&plan.release, &cronjobs).await?;
+        Ok(())
+    }
+
+    /// Reports whether every service of the plan runs it with its replicas available.
+    pub async fn observe(
+        &self,
+        plan: &RevisionPlan,
+    ) -> Result<(RolloutObserved, Vec<ServiceStatus>), kube::Error> {
+        let api: Api<Deployment> = self.api();
+        let mut all = true;
+        let mut statuses = vec![];
+        for svc in &plan.services {
+            let want = render::deployment(plan, svc, &self.target, 600);
+            let name = want.name_any();
+            let live = api.get_opt(&name).await?;
+            let Some(d) = live else {
+                all = false;
+                statuses.push(ServiceStatus {
+                    name: svc.name.clone(),
+                    image: Some(svc.image.clone()),
+                    replicas: 0,
+                    ready_replicas: 0,
+                    updated_replicas: 0,
+                });
+                continue;
+            };
+            let same_plan = d.annotations().get(PLAN_HASH) == want.annotations().get(PLAN_HASH);
+            let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let st = d.status.clone().unwrap_or_default();
+            let observed =
+                st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+            let updated = st.updated_replicas.unwrap_or(0);
+            let available = st.available_replicas.unwrap_or(0);
+            let total = st.replicas.unwrap_or(0);
+            let done = same_plan
+                && observed
+                && updated >= spec_replicas
+                && available >= spec_replicas
+                && total == updated
+                && (spec_replicas > 0 || svc.replicas == ReplicaPolicy::External);
+            all &= done;
+            statuses.push(ServiceStatus {
+                name: svc.name.clone(),
+                image: Some(svc.image.clone()),
+                replicas: spec_replicas,
+                ready_replicas: st.ready_replicas.unwrap_or(0),
+                updated_replicas: updated,
+            });
+        }
+        Ok((
+            RolloutObserved {
+                available: all,
+                failed: None,
+            },
+            statuses,
+        ))
+    }
+
+    /// The state of a migration Job.
+    pub async fn migration(&self, name: &str) -> Result<MigrationObserved, kube::Error> {
+        let api: Api<Job> = self.api();
+        let Some(job) = api.get_opt(name).await? else {
+            return Ok(MigrationObserved::Absent);
+        };
+        let conds = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        for c in &conds {
+            if c.status == "True" && c.type_ == "Complete" {
+                return Ok(MigrationObserved::Succeeded);
+            }
+            if c.status == "True" && c.type_ == "Failed" {
+                let why = [c.reason.clone(), c.message.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                return Ok(MigrationObserved::Failed(if why.is_empty() {
+                    "Job failed".into()
+                } else {
+                    why
+                }));
+            }
+        }
+        Ok(MigrationObserved::Running)
+    }
+
+    /// Creates the migration Job (an existing one of that name is left alone).
+    pub async fn start_migration(
+        &self,
+        plan: &RevisionPlan,
+        attempt_key: &str,
+    ) -> Result<(), kube::Error> {
+        let Some(m) = &plan.migration else {
+            return Ok(());
+        };
+        let job: Job = serde_json::from_value(self.apply_body(&render::migration_job(
+            plan,
+            m,
+            &self.target,
+            attempt_key,
+        )))
+        .expect("a rendered Job round-trips");
+        let api: Api<Job> = self.api();
+        match api.create(&PostParams::default(), &job).await {
+            Ok(_) => {
+                self.wrote();
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn revision_name(release: &str, revision: i64) -> String {
+        let mut base: String = release.chars().take(40).collect();
+        while base.ends_with('-') {
+            base.pop();
+        }
+        format!("{base}-r{revision}")
+    }
+
+    /// Stores a revision's plan (a ControllerRevision owned by the Release) for rollback.
+    pub async fn store_plan(
+        &self,
+        plan: &RevisionPlan,
+        release_namespace: &str,
+    ) -> Result<(), kube::Error> {
+        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), release_namespace);
+        let name = Self::revision_name(&plan.release, plan.revision);
+        if api.get_opt(&name).await?.is_some() {
+            return Ok(());
+        }
+        let cr: ControllerRevision = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": { RELEASE_LABEL: plan.release, "app.kubernetes.io/managed-by": "slipway" },
+                "ownerReferences": [self.target.owner],
+            },
+            "revision": plan.revision,
+            "data": plan,
+        }))
+        .expect("a ControllerRevision literal");
+        match api.create(&PostParams::default(), &cr).await {
+            Ok(_) => {
+                self.wrote();
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads a stored plan.
+    pub async fn load_plan(
+        &self,
+        release: &str,
+        revision: i64,
+        release_namespace: &str,
+    ) -> Result<Option<RevisionPlan>, kube::Error> {
+        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), release_namespace);
+        let Some(cr) = api.get_opt(&Self::revision_name(release, revision)).await? else {
+            return Ok(None);
+        };
+        Ok(cr.data.and_then(|d| serde_json::from_value(d.0).ok()))
+    }
+
+    /// Deletes stored plans beyond the newest `keep`, never the one in `protect`.
+    pub async fn prune_plans(
+        &self,
+        release: &str,
+        release_namespace: &str,
+        keep: usize,
+        protect: &[i64],
+    ) -> Result<(), kube::Error> {
+        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), release_namespace);
+        let mut list = api
+            .list(&ListParams::default().labels(&format!("{RELEASE_LABEL}={release}")))
+            .await?
+            .items;
+        if list.len() <= keep {
+            return Ok(());
+        }
+        list.sort_by_key(|c| std::cmp::Reverse(c.revision));
+        for cr in list.into_iter().skip(keep) {
+            if protect.contains(&cr.revision) {
+                continue;
+            }
+            match api
+                .delete(&cr.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => self.wrote(),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes everything labelled for the Release in the target namespace (finalizer cleanup).
+    pub async fn delete_all(&self, release: &str) -> Result<(), kube::Error> {
+        let none = BTreeSet::new();
+        self.prune::<Deployment>(release, &none).await?;
+        self.prune::<Service>(release, &none).await?;
+        self.prune::<Ingress>(release, &none).await?;
+        self.prune::<HorizontalPodAutoscaler>(release, &none)
+            .await?;
+        self.prune::<CronJob>(release, &none).await?;
+        self.prune::<Job>(release, &none).await?;
+        Ok(())
+    }
+}
