@@ -28,6 +28,9 @@ enum Command {
         /// Log format.
         #[arg(long, env = "SLIPWAY_LOG_FORMAT", value_enum, default_value = "human")]
         log_format: LogFormat,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "SLIPWAY_NAMESPACE")]
+        namespace: Option<String>,
         /// Log level (RUST_LOG, when set, wins).
         #[arg(long, env = "SLIPWAY_LOG_LEVEL", default_value = "info")]
         log_level: String,
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             admin_addr,
             log_format,
             log_level,
+            namespace,
         } => {
             telemetry::init(log_format, &log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -66,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(admin_addr)) {
+            match runtime.block_on(run(admin_addr, namespace)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -78,12 +82,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(admin_addr: SocketAddr) -> anyhow::Result<()> {
+async fn run(admin_addr: SocketAddr, namespace: Option<String>) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration found (in-cluster service account or KUBECONFIG)")?;
-    slipway::controller::run(client, slipway::controller::RunOptions { admin_addr }).await
+    slipway::controller::run(client, slipway::controller::RunOptions { admin_addr, namespace }).await
 }
 
 fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -44,7 +44,7 @@ fn worker_manifest(name: &str) -> ScaledWorker {
 async fn operator_becomes_ready_writes_status_and_stops_on_sigterm() {
     let client = client_with_crds().await;
     let ns = TestNamespace::new(&client, "operator").await;
-    let mut op = Operator::start(&[]);
+    let mut op = Operator::start(&["--namespace", &ns.name]);
 
     eventually("/ready to answer 200", Duration::from_secs(60), || async {
         match http_get(op.admin, "/ready").await {
@@ -176,7 +176,7 @@ async fn a_no_op_reconcile_writes_nothing() {
     envs.create(&PostParams::default(), &env_manifest("staging"))
         .await
         .unwrap();
-    let op = Operator::start(&[]);
+    let op = Operator::start(&["--namespace", &ns.name]);
     let first = eventually("Environment status", Duration::from_secs(60), || async {
         let e = envs.get("staging").await.ok()?;
         (e.status.as_ref()?.observed_generation == e.metadata.generation).then_some(e)

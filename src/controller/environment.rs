@@ -25,7 +25,7 @@ pub fn controller(
     >,
     Store<Environment>,
 ) {
-    let api: Api<Environment> = Api::all(ctx.client.clone());
+    let api: Api<Environment> = ctx.watched();
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     let stream = controller

@@ -33,6 +33,22 @@ pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
     pub reporter: Reporter,
+    /// Watch only this namespace (`--namespace`); None watches all.
+    pub namespace: Option<String>,
+}
+
+impl Context {
+    /// An Api over the watched scope: one namespace or all of them.
+    pub fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
 }
 
 /// Errors a reconcile can end with; each maps to a metric label.
@@ -86,15 +102,23 @@ where
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub admin_addr: SocketAddr,
+    /// Watch only this namespace.
+    pub namespace: Option<String>,
 }
 
 /// Fails with a message saying what to do when a CRD is missing.
-pub async fn check_crds_installed(client: &Client) -> anyhow::Result<()> {
-    async fn probe<K>(client: &Client) -> anyhow::Result<()>
+pub async fn check_crds_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+    async fn probe<K>(client: &Client, namespace: Option<&str>) -> anyhow::Result<()>
     where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
     {
-        let api: Api<K> = Api::all(client.clone());
+        let api: Api<K> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
@@ -106,9 +130,9 @@ pub async fn check_crds_installed(client: &Client) -> anyhow::Result<()> {
             Err(e) => Err(e).with_context(|| format!("listing {} to check the CRD is installed", K::plural(&()))),
         }
     }
-    probe::<Environment>(client).await?;
-    probe::<Release>(client).await?;
-    probe::<ScaledWorker>(client).await?;
+    probe::<Environment>(client, namespace).await?;
+    probe::<Release>(client, namespace).await?;
+    probe::<ScaledWorker>(client, namespace).await?;
     Ok(())
 }
 
@@ -133,7 +157,7 @@ where
 
 /// Runs the three controllers and the admin server until SIGTERM or SIGINT.
 pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
-    check_crds_installed(&client).await?;
+    check_crds_installed(&client, opts.namespace.as_deref()).await?;
 
     let metrics = Metrics::default();
     let mut registry = Registry::default();
@@ -146,6 +170,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         },
+        namespace: opts.namespace.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -178,7 +203,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     };
     tokio::spawn(readiness);
 
-    tracing::info!(admin = %opts.admin_addr, "controllers for Environment, Release and ScaledWorker started");
+    tracing::info!(admin = %opts.admin_addr, namespace = opts.namespace.as_deref().unwrap_or("(all)"), "controllers for Environment, Release and ScaledWorker started");
     // Each controller stops on SIGTERM/SIGINT (shutdown_on_signal) after finishing the
     // reconciles in flight.
     futures::join!(

@@ -38,22 +38,21 @@ pub fn controller(
     impl futures::Stream<Item = Result<(ObjectRef<Release>, Requeue), impl std::error::Error>>,
     Store<Release>,
 ) {
-    let client = ctx.client.clone();
-    let api: Api<Release> = Api::all(client.clone());
+    let api: Api<Release> = ctx.watched();
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     let releases = store.clone();
     let stream = controller
         .owns(
-            Api::<Job>::all(client.clone()),
+            ctx.watched::<Job>(),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
         )
         .owns(
-            Api::<Deployment>::all(client.clone()),
+            ctx.watched::<Deployment>(),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
         )
         .watches(
-            Api::<Environment>::all(client),
+            ctx.watched::<Environment>(),
             watcher::Config::default(),
             move |env: Environment| {
                 let ns = env.namespace();

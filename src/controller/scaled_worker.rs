@@ -25,7 +25,7 @@ pub fn controller(
     >,
     Store<ScaledWorker>,
 ) {
-    let api: Api<ScaledWorker> = Api::all(ctx.client.clone());
+    let api: Api<ScaledWorker> = ctx.watched();
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     let stream = controller
