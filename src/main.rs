@@ -87,7 +87,14 @@ async fn run(admin_addr: SocketAddr, namespace: Option<String>) -> anyhow::Resul
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration found (in-cluster service account or KUBECONFIG)")?;
-    slipway::controller::run(client, slipway::controller::RunOptions { admin_addr, namespace }).await
+    slipway::controller::run(
+        client,
+        slipway::controller::RunOptions {
+            admin_addr,
+            namespace,
+        },
+    )
+    .await
 }
 
 fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

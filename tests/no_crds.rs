@@ -21,6 +21,7 @@ async fn run_without_crds_exits_with_a_clear_message() {
     );
     let client = client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    release_finalizers(&client, None).await;
     for crd in slipway::api::crds() {
         let _ = crds
             .delete(

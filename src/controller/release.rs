@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -79,24 +78,50 @@ pub async fn reconcile(rel: Arc<Release>, ctx: Arc<Context>) -> Result<Requeue, 
         kind: "Release",
         name: rel.name_any(),
     })?;
-    let api: Api<Release> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, rel, |event| async {
-        match event {
-            Finalizer::Apply(r) => apply(r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup(r, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = with_finalizer(rel, &ns, &ctx).await;
     ctx.metrics
         .duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Adds our finalizer before anything is created, and on deletion cleans up, then removes it.
+/// Merge patches carry the resourceVersion, so a concurrent change makes them fail (409) and
+/// the reconcile retries with fresh data instead of overwriting someone else's finalizers.
+async fn with_finalizer(rel: Arc<Release>, ns: &str, ctx: &Context) -> Result<Requeue, Error> {
+    let api: Api<Release> = Api::namespaced(ctx.client.clone(), ns);
+    let has = rel.finalizers().iter().any(|f| f == FINALIZER);
+    let patch_finalizers = |list: Vec<String>| serde_json::json!({ "metadata": { "finalizers": list, "resourceVersion": rel.resource_version() } });
+    if rel.metadata.deletion_timestamp.is_some() {
+        if has {
+            cleanup(rel.clone(), ctx).await?;
+            let rest: Vec<String> = rel
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            api.patch(
+                &rel.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch_finalizers(rest)),
+            )
+            .await?;
+        }
+        return Ok(Requeue::await_change());
+    }
+    if !has {
+        let mut list = rel.finalizers().to_vec();
+        list.push(FINALIZER.to_string());
+        api.patch(
+            &rel.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch_finalizers(list)),
+        )
+        .await?;
+    }
+    apply(rel, ctx).await
 }
 
 /// Where the Release's workloads go, and whether that is outside the Release's namespace.
@@ -443,7 +468,9 @@ async fn apply(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
         Some(Phase::RollingOut) | Some(Phase::Verifying) | Some(Phase::Succeeded)
     ) && status.revision == Some(generation);
     let (rollout_observed, services) = if observe {
-        let (o, s) = platform.observe(&plan).await?;
+        let (o, s) = platform
+            .observe(&plan, rollout.progress_deadline_seconds)
+            .await?;
         (o, Some(s))
     } else {
         (RolloutObserved::default(), None)

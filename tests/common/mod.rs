@@ -134,9 +134,12 @@ impl Drop for TestNamespace {
                 .unwrap();
             rt.block_on(async {
                 let client = client().await;
-                let _ = Api::<Namespace>::all(client)
+                let _ = Api::<Namespace>::all(client.clone())
                     .delete(&name, &DeleteParams::background())
                     .await;
+                // The operator that would run the Releases' cleanup finalizer may already be
+                // gone; release them so the namespace really goes away.
+                release_finalizers(&client, Some(&name)).await;
             });
         })
         .join();
@@ -273,4 +276,32 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// Removes finalizers from Slipway Releases (in one namespace, or everywhere).
+pub async fn release_finalizers(client: &Client, namespace: Option<&str>) {
+    let api: Api<slipway::api::Release> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let Ok(list) = api.list(&Default::default()).await else {
+        return;
+    };
+    for r in list.items {
+        if r.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
+            let ns = r.metadata.namespace.clone().unwrap_or_default();
+            let name = r.metadata.name.clone().unwrap_or_default();
+            let _ = Api::<slipway::api::Release>::namespaced(client.clone(), &ns)
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+        }
+    }
 }

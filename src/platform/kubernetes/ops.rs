@@ -206,12 +206,13 @@ impl KubernetesPlatform {
     pub async fn observe(
         &self,
         plan: &RevisionPlan,
+        progress_deadline_seconds: i32,
     ) -> Result<(RolloutObserved, Vec<ServiceStatus>), kube::Error> {
         let api: Api<Deployment> = self.api();
         let mut all = true;
         let mut statuses = vec![];
         for svc in &plan.services {
-            let want = render::deployment(plan, svc, &self.target, 600);
+            let want = render::deployment(plan, svc, &self.target, progress_deadline_seconds);
             let name = want.name_any();
             let live = api.get_opt(&name).await?;
             let Some(d) = live else {
