@@ -126,13 +126,7 @@ async fn with_finalizer(rel: Arc<Release>, ns: &str, ctx: &Context) -> Result<Re
 
 /// Where the Release's workloads go, and whether that is outside the Release's namespace.
 fn target(rel: &Release, env: &Environment) -> Target {
-    let ns = env
-        .spec
-        .platform
-        .kubernetes
-        .as_ref()
-        .and_then(|k| k.namespace.clone())
-        .unwrap_or_else(|| env.namespace().unwrap_or_default());
+    let ns = super::environment::target_namespace(env);
     Target {
         namespace: ns,
         owner: rel
@@ -394,37 +388,12 @@ async fn apply(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
         )
         .await;
     };
-    let platform_kind = env.spec.platform.kind_name();
-    if platform_kind != "kubernetes" {
+    if let Some(problem) = super::environment::validate(&env.name_any(), &env.spec) {
         return blocked(
             &rel,
             ctx,
-            "PlatformNotSupported",
-            format!(
-                "Environment {}: spec.platform.{platform_kind} is not supported for Releases yet; only platform.kubernetes is",
-                env.name_any()
-            ),
-            true,
-        )
-        .await;
-    }
-    if let Some((i, s)) = env
-        .spec
-        .secrets
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.from.secret_key_ref.is_none())
-    {
-        return blocked(
-            &rel,
-            ctx,
-            "InvalidSpec",
-            format!(
-                "Environment {}: spec.secrets[{i}].from.{} ({}) cannot be served by platform.kubernetes; use secretKeyRef",
-                env.name_any(),
-                s.from.kind_name(),
-                s.name
-            ),
+            problem.reason,
+            format!("spec.environment: {}", problem.message),
             true,
         )
         .await;
