@@ -84,11 +84,11 @@ fn main() -> ExitCode {
 
 async fn run(admin_addr: SocketAddr, namespace: Option<String>) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster service account or KUBECONFIG)")?;
     slipway::controller::run(
-        client,
+        config,
         slipway::controller::RunOptions {
             admin_addr,
             namespace,

@@ -13,6 +13,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
     pub error: String,
@@ -26,6 +31,8 @@ pub struct Metrics {
     pub status_writes: Family<KindLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
     pub ready: Gauge,
+    /// Every request the operator sends to the API server, by HTTP method.
+    pub api_requests: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,6 +45,7 @@ impl Default for Metrics {
                 Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
             }),
             ready: Gauge::default(),
+            api_requests: Family::default(),
         }
     }
 }
@@ -71,11 +79,49 @@ impl Metrics {
             "1 once every watch cache has synced",
             self.ready.clone(),
         );
+        r.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by HTTP method (writes: POST, PUT, PATCH, DELETE)",
+            self.api_requests.clone(),
+        );
     }
 
     pub fn kind(kind: &str) -> KindLabels {
         KindLabels {
             kind: kind.to_string(),
         }
+    }
+}
+
+impl Metrics {
+    /// Requests that change something on the API server.
+    pub fn api_writes(&self) -> u64 {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|v| {
+                self.api_requests
+                    .get_or_create(&VerbLabels {
+                        verb: v.to_string(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// A kube client whose every request is counted in `api_requests`.
+    pub fn counting_client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
+        let counter = self.api_requests.clone();
+        let layer =
+            tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+                counter
+                    .get_or_create(&VerbLabels {
+                        verb: req.method().as_str().to_string(),
+                    })
+                    .inc();
+                req
+            });
+        Ok(kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&layer)
+            .build())
     }
 }

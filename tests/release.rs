@@ -725,3 +725,53 @@ async fn deleting_a_release_removes_what_it_created_and_removed_services_are_del
         "Services left behind"
     );
 }
+
+/// Sum of the operator's write requests (POST, PUT, PATCH, DELETE) from its /metrics.
+async fn operator_writes(op: &Operator) -> u64 {
+    let (_, body) = http_get(op.admin, "/metrics")
+        .await
+        .expect("/metrics answers");
+    body.lines()
+        .filter(|l| l.starts_with("slipway_api_requests_total{"))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "DELETE"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn reconciles_of_a_converged_release_make_no_write_requests() {
+    let f = Fixture::new("rel-noop").await;
+    f.env("dev", json!({})).await;
+    f.release("shop", spec("v1", Some("example.test/m:v1"), None))
+        .await;
+    f.phase("shop", Phase::Succeeded, Duration::from_secs(90))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = operator_writes(&f.op).await;
+    assert!(before > 0, "the rollout itself must have written");
+    // Each annotation change wakes the Release (and its Environment) controller.
+    for i in 0..10 {
+        f.releases()
+            .patch(
+                "shop",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"touch": i.to_string()}}})),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = operator_writes(&f.op).await;
+    assert_eq!(
+        after,
+        before,
+        "no-op reconciles wrote {} requests; log:\n{}",
+        after - before,
+        f.op.logs()
+    );
+}

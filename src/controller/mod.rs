@@ -156,10 +156,13 @@ where
 }
 
 /// Runs the three controllers and the admin server until SIGTERM or SIGINT.
-pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
+pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
+    let metrics = Metrics::default();
+    let client = metrics
+        .counting_client(config)
+        .context("building the Kubernetes client")?;
     check_crds_installed(&client, opts.namespace.as_deref()).await?;
 
-    let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let health = Health::default();
