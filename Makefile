@@ -1,5 +1,6 @@
 # Slipway: the two commands are `make demo` and `make test`.
-.PHONY: all build deps crds lint test demo demo-down testenv testenv-down image kind-e2e
+.PHONY: all build deps crds chart-crds lint test demo demo-down testenv testenv-down bench-release \
+	image kind-e2e
 
 all: build
 
@@ -9,9 +10,14 @@ deps:
 build:
 	cargo build
 
-## Regenerate crds/ from src/api (a test fails when they drift).
+## Regenerate crds/ from src/api (a test fails when they drift), and the chart's copy.
 crds:
 	cargo run -q -- crd --out-dir crds
+	$(MAKE) chart-crds
+
+## Copy crds/ into the Helm chart (tests/chart.rs fails when the copies differ).
+chart-crds:
+	cp crds/*.yaml charts/slipway/crds/
 
 lint:
 	cargo fmt --check
@@ -34,3 +40,15 @@ testenv: deps
 
 testenv-down:
 	tests/testenv/down
+
+## Benchmark: 200 Releases x 3 services vs. the same Jobs/Deployments created directly.
+bench-release: deps
+	hack/bench release
+
+## The operator image (Dockerfile). Needs a Docker engine: not available on the dev machines.
+image:
+	docker build -t slipway:dev .
+
+## kind cluster from kind-config.yaml, image built and loaded, chart installed, tests run on it.
+kind-e2e:
+	hack/kind-e2e

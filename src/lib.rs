@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod platform;
 pub mod release;
+pub mod scaling;
 pub mod telemetry;

@@ -31,6 +31,18 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "SLIPWAY_NAMESPACE")]
         namespace: Option<String>,
+        /// Reconcile only while holding a coordination.k8s.io Lease (for several replicas).
+        #[arg(long, env = "SLIPWAY_LEADER_ELECT")]
+        leader_elect: bool,
+        /// Namespace of the leader Lease (default: POD_NAMESPACE, else `default`).
+        #[arg(long, env = "SLIPWAY_LEADER_NAMESPACE")]
+        leader_namespace: Option<String>,
+        /// Name of the leader Lease.
+        #[arg(long, env = "SLIPWAY_LEADER_LEASE", default_value = "slipway-leader")]
+        leader_lease: String,
+        /// Seconds a Lease lasts without renewal before another replica takes over.
+        #[arg(long, default_value = "15")]
+        leader_lease_seconds: u64,
         /// Log level (RUST_LOG, when set, wins).
         #[arg(long, env = "SLIPWAY_LOG_LEVEL", default_value = "info")]
         log_level: String,
@@ -58,6 +70,10 @@ fn main() -> ExitCode {
             log_format,
             log_level,
             namespace,
+            leader_elect,
+            leader_namespace,
+            leader_lease,
+            leader_lease_seconds,
         } => {
             telemetry::init(log_format, &log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -70,7 +86,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(admin_addr, namespace)) {
+            let leader = leader_elect.then(|| slipway::leader::LeaderConfig {
+                namespace: leader_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| "default".into()),
+                lease_name: leader_lease,
+                identity: std::env::var("POD_NAME")
+                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+                lease_duration: std::time::Duration::from_secs(leader_lease_seconds.max(2)),
+                renew_every: std::time::Duration::from_secs((leader_lease_seconds / 5).clamp(1, 5)),
+            });
+            match runtime.block_on(run(admin_addr, namespace, leader)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -82,7 +108,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(admin_addr: SocketAddr, namespace: Option<String>) -> anyhow::Result<()> {
+async fn run(
+    admin_addr: SocketAddr,
+    namespace: Option<String>,
+    leader: Option<slipway::leader::LeaderConfig>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = kube::Config::infer()
         .await
@@ -92,6 +122,7 @@ async fn run(admin_addr: SocketAddr, namespace: Option<String>) -> anyhow::Resul
         slipway::controller::RunOptions {
             admin_addr,
             namespace,
+            leader,
         },
     )
     .await
@@ -118,4 +149,10 @@ fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "slipway".into())
 }

@@ -145,8 +145,10 @@ fn spec(
             { "name": "api", "image": api_image.map(String::from).unwrap_or(format!("example.test/shop-api:{version}")),
               "ports": [ { "name": "http", "port": 3000 } ],
               "replicas": { "min": 2, "max": 2 },
-              "healthCheck": { "path": "/health", "port": "http" } },
-            { "name": "worker", "image": format!("example.test/shop-worker:{version}") }
+              "healthCheck": { "path": "/health", "port": "http" },
+              "ingress": { "external": true, "host": "api.shop.test", "path": "/" } },
+            { "name": "worker", "image": format!("example.test/shop-worker:{version}"),
+              "replicas": { "min": 1, "max": 3 } }
         ],
         "jobs": [ { "name": "nightly", "image": format!("example.test/shop-jobs:{version}"), "schedule": "0 2 * * *",
                     "timeoutSeconds": 1800, "retries": 1 } ],
@@ -270,6 +272,101 @@ async fn happy_path_runs_the_migration_before_any_deployment_changes() {
             .find(|s| s.name == "api")
             .map(|s| s.ready_replicas),
         Some(2)
+    );
+    let ing =
+        Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(f.client.clone(), &f.ns.name)
+            .get("shop-api")
+            .await
+            .expect("an Ingress for the service with ingress");
+    assert_eq!(
+        ing.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("api.shop.test")
+    );
+    let hpas = Api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>::namespaced(
+        f.client.clone(),
+        &f.ns.name,
+    );
+    let hpa = hpas.get("shop-worker").await.expect("an HPA for min < max");
+    assert_eq!(
+        (
+            hpa.spec.as_ref().unwrap().min_replicas,
+            hpa.spec.as_ref().unwrap().max_replicas
+        ),
+        (Some(1), 3)
+    );
+    assert!(
+        hpas.get_opt("shop-api").await.unwrap().is_none(),
+        "no HPA for a fixed count"
+    );
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    let reasons: Vec<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for r in [
+        "MigrationStarted",
+        "MigrationSucceeded",
+        "RollingOut",
+        "Succeeded",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} Event on the Release; Events: {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_service_scaled_by_a_scaled_worker_keeps_its_replica_count_across_rollouts() {
+    let f = Fixture::new("rel-scaled").await;
+    f.env("dev", json!({})).await;
+    let sw: slipway::api::ScaledWorker = serde_json::from_value(json!({
+        "apiVersion": "slipway.dev/v1alpha1", "kind": "ScaledWorker", "metadata": { "name": "worker" },
+        "spec": { "target": { "release": { "name": "shop", "service": "worker" } }, "minReplicas": 0, "maxReplicas": 10,
+                  "triggers": [ { "name": "q", "targetPerReplica": 5, "redis": { "address": "redis://127.0.0.1:1", "list": "q" } } ] }
+    }))
+    .unwrap();
+    Api::<slipway::api::ScaledWorker>::namespaced(f.client.clone(), &f.ns.name)
+        .create(&PostParams::default(), &sw)
+        .await
+        .unwrap();
+    f.release("shop", spec("v1", None, None)).await;
+    f.phase("shop", Phase::Succeeded, Duration::from_secs(90))
+        .await;
+    // Someone else (the ScaledWorker) sets the count through the scale subresource.
+    f.deployments()
+        .patch_scale(
+            "shop-worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    f.patch_spec("shop", spec("v2", None, None)).await;
+    f.phase("shop", Phase::Succeeded, Duration::from_secs(90))
+        .await;
+    let d = f.deployments().get("shop-worker").await.unwrap();
+    assert_eq!(
+        d.spec.as_ref().unwrap().replicas,
+        Some(4),
+        "the Release fought the ScaledWorker over replicas"
+    );
+    assert_eq!(
+        f.image_of("shop-worker").await.as_deref(),
+        Some("example.test/shop-worker:v2")
+    );
+    let hpas = Api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>::namespaced(
+        f.client.clone(),
+        &f.ns.name,
+    );
+    assert!(
+        hpas.get_opt("shop-worker").await.unwrap().is_none(),
+        "no HPA for a service a ScaledWorker scales"
     );
 }
 
@@ -774,4 +871,64 @@ async fn reconciles_of_a_converged_release_make_no_write_requests() {
         after - before,
         f.op.logs()
     );
+}
+
+/// `kubectl` from PATH (make test puts the local control plane's on it).
+fn kubectl() -> std::process::Command {
+    let mut c = std::process::Command::new("kubectl");
+    c.env("KUBECONFIG", kubeconfig_path());
+    c
+}
+
+#[tokio::test]
+async fn kubectl_wait_for_ready_waits_until_the_rollout_is_done() {
+    let f = Fixture::new("rel-wait").await;
+    f.env("dev", json!({})).await;
+    f.release("shop", spec("v1", Some(SLOW), None)).await;
+    let ns = f.ns.name.clone();
+    // While the 8-second migration runs, the Release must not look Ready.
+    let early = tokio::task::spawn_blocking({
+        let ns = ns.clone();
+        move || {
+            kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Ready",
+                    "release/shop",
+                    "-n",
+                    &ns,
+                    "--timeout=3s",
+                ])
+                .output()
+                .expect("kubectl must be on PATH (make test adds the local control plane's)")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !early.status.success(),
+        "kubectl wait returned Ready during the migration"
+    );
+    let done = tokio::task::spawn_blocking(move || {
+        kubectl()
+            .args([
+                "wait",
+                "--for=condition=Ready",
+                "release/shop",
+                "-n",
+                &ns,
+                "--timeout=90s",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        done.status.success(),
+        "kubectl wait failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let r = f.releases().get("shop").await.unwrap();
+    assert_eq!(r.status.unwrap().phase, Some(Phase::Succeeded));
 }

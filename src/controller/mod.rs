@@ -104,6 +104,8 @@ pub struct RunOptions {
     pub admin_addr: SocketAddr,
     /// Watch only this namespace.
     pub namespace: Option<String>,
+    /// Reconcile only while holding this Lease.
+    pub leader: Option<crate::leader::LeaderConfig>,
 }
 
 /// Fails with a message saying what to do when a CRD is missing.
@@ -155,6 +157,24 @@ where
     }
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Runs the three controllers and the admin server until SIGTERM or SIGINT.
 pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
     let metrics = Metrics::default();
@@ -182,6 +202,29 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin::serve(opts.admin_addr, admin_router, async move {
         let _ = admin_stop.wait_for(|s| *s).await;
     }));
+
+    if let Some(cfg) = &opts.leader {
+        // A standby is healthy and ready (so rolling updates of the operator progress); it
+        // just does not reconcile.
+        health.set_ready(true);
+        tokio::select! {
+            _ = crate::leader::acquire(&client, cfg) => {}
+            _ = shutdown_signal() => {
+                let _ = stop_tx.send(true);
+                let _ = admin_task.await;
+                return Ok(());
+            }
+        }
+        health.set_ready(false);
+        let (client, cfg) = (client.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let why = crate::leader::hold(&client, &cfg).await;
+            // Stop at once: a replica that lost the Lease must not write again.
+            tracing::error!(reason = %why, "lost the leader Lease; exiting");
+            eprintln!("slipway: lost the leader Lease ({why}); exiting");
+            std::process::exit(2);
+        });
+    }
 
     let (env_ctrl, env_store) = environment::controller(ctx.clone());
     let (rel_ctrl, rel_store) = release::controller(ctx.clone());
