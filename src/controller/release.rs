@@ -11,7 +11,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::write_status;
@@ -31,6 +31,17 @@ pub const FINALIZER: &str = "slipway.dev/cleanup";
 
 /// Builds the Release controller stream and its object cache. It also wakes on changes of the
 /// Jobs and Deployments it owns and of the Environments Releases point at.
+/// What the Release reconcile gets: the shared context plus the watch cache of the
+/// Deployments it manages (fed by the same watch that wakes it).
+pub struct ReleaseContext {
+    pub base: Arc<Context>,
+    pub deployments: Store<Deployment>,
+}
+
+fn release_error_policy(rel: Arc<Release>, err: &Error, ctx: Arc<ReleaseContext>) -> Requeue {
+    error_policy(rel, err, ctx.base.clone())
+}
+
 pub fn controller(
     ctx: Arc<Context>,
 ) -> (
@@ -39,6 +50,18 @@ pub fn controller(
 ) {
     let api: Api<Release> = ctx.watched();
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let (deployments, writer) = kube::runtime::reflector::store::<Deployment>();
+    let deployment_events = kube::runtime::watcher(
+        ctx.watched::<Deployment>(),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    let rctx = Arc::new(ReleaseContext {
+        base: ctx.clone(),
+        deployments,
+    });
     let store = controller.store();
     let releases = store.clone();
     let stream = controller
@@ -46,10 +69,7 @@ pub fn controller(
             ctx.watched::<Job>(),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
         )
-        .owns(
-            ctx.watched::<Deployment>(),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
-        )
+        .owns_stream(deployment_events)
         .watches(
             ctx.watched::<Environment>(),
             watcher::Config::default(),
@@ -65,12 +85,13 @@ pub fn controller(
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
+        .run(reconcile, release_error_policy, rctx);
     (stream, store)
 }
 
 /// Reconciles one Release.
-pub async fn reconcile(rel: Arc<Release>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+pub async fn reconcile(rel: Arc<Release>, rctx: Arc<ReleaseContext>) -> Result<Requeue, Error> {
+    let ctx = &rctx.base;
     let started = Instant::now();
     let labels = Metrics::kind("Release");
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
@@ -78,7 +99,7 @@ pub async fn reconcile(rel: Arc<Release>, ctx: Arc<Context>) -> Result<Requeue, 
         kind: "Release",
         name: rel.name_any(),
     })?;
-    let result = with_finalizer(rel, &ns, &ctx).await;
+    let result = with_finalizer(rel, &ns, ctx, &rctx.deployments).await;
     ctx.metrics
         .duration
         .get_or_create(&labels)
@@ -89,7 +110,12 @@ pub async fn reconcile(rel: Arc<Release>, ctx: Arc<Context>) -> Result<Requeue, 
 /// Adds our finalizer before anything is created, and on deletion cleans up, then removes it.
 /// Merge patches carry the resourceVersion, so a concurrent change makes them fail (409) and
 /// the reconcile retries with fresh data instead of overwriting someone else's finalizers.
-async fn with_finalizer(rel: Arc<Release>, ns: &str, ctx: &Context) -> Result<Requeue, Error> {
+async fn with_finalizer(
+    rel: Arc<Release>,
+    ns: &str,
+    ctx: &Context,
+    deployments: &Store<Deployment>,
+) -> Result<Requeue, Error> {
     let api: Api<Release> = Api::namespaced(ctx.client.clone(), ns);
     let has = rel.finalizers().iter().any(|f| f == FINALIZER);
     let patch_finalizers = |list: Vec<String>| serde_json::json!({ "metadata": { "finalizers": list, "resourceVersion": rel.resource_version() } });
@@ -121,7 +147,7 @@ async fn with_finalizer(rel: Arc<Release>, ns: &str, ctx: &Context) -> Result<Re
         )
         .await?;
     }
-    apply(rel, ctx).await
+    apply(rel, ctx, deployments).await
 }
 
 /// Where the Release's workloads go, and whether that is outside the Release's namespace.
@@ -371,7 +397,11 @@ fn verify_url(rel: &Release, plan: &RevisionPlan, target_ns: &str) -> Option<Str
     ))
 }
 
-async fn apply(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
+async fn apply(
+    rel: Arc<Release>,
+    ctx: &Context,
+    deployments: &Store<Deployment>,
+) -> Result<Requeue, Error> {
     let ns = rel.namespace().unwrap_or_default();
     let name = rel.name_any();
     let envs: Api<Environment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -416,6 +446,13 @@ async fn apply(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
     let target_ns = tgt.namespace.clone();
     let platform =
         KubernetesPlatform::new(ctx.client.clone(), tgt).cross_namespace(target_ns != ns);
+    // The cache holds what the operator watches; a target in another namespace may be outside
+    // it (with --namespace), so read that one from the API.
+    let platform = if target_ns == ns {
+        platform.with_deployment_cache(deployments.clone())
+    } else {
+        platform
+    };
 
     let status = rel.status.clone().unwrap_or_default();
     let retry = rel.annotations().get(RETRY_ANNOTATION).cloned();
@@ -499,24 +536,33 @@ async fn apply(rel: Arc<Release>, ctx: &Context) -> Result<Requeue, Error> {
                 platform.start_migration(&plan, &attempt_key).await?;
             }
             machine::Action::ApplyCurrent => {
-                platform.prepare().await?;
-                platform.store_plan(&plan, &ns).await?;
+                // The first apply of a revision does everything (namespace, stored plan, every
+                // object, pruning); later ones only repair drifted Deployments from the cache.
+                let first =
+                    status.rollout_started_at.is_none() || status.revision != Some(generation);
+                if first {
+                    platform.prepare().await?;
+                    platform.store_plan(&plan, &ns).await?;
+                }
                 platform
-                    .apply(&plan, rollout.progress_deadline_seconds)
+                    .apply(&plan, rollout.progress_deadline_seconds, first)
                     .await?;
-                let keep = rel.spec.revision_history_limit.max(1) as usize + 1;
-                let protect: Vec<i64> = decision
-                    .status
-                    .last_succeeded_revision
-                    .into_iter()
-                    .collect();
-                platform.prune_plans(&name, &ns, keep, &protect).await?;
+                if first {
+                    let keep = rel.spec.revision_history_limit.max(1) as usize + 1;
+                    let protect: Vec<i64> = decision
+                        .status
+                        .last_succeeded_revision
+                        .into_iter()
+                        .collect();
+                    platform.prune_plans(&name, &ns, keep, &protect).await?;
+                }
             }
             machine::Action::ApplyRevision(rev) => {
                 match platform.load_plan(&name, *rev, &ns).await? {
                     Some(old) => {
+                        let first = status.phase != Some(Phase::RolledBack);
                         platform
-                            .apply(&old, rollout.progress_deadline_seconds)
+                            .apply(&old, rollout.progress_deadline_seconds, first)
                             .await?
                     }
                     None => {

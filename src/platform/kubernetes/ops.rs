@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -38,6 +39,8 @@ pub struct KubernetesPlatform {
     /// namespaces (the garbage collector would delete the objects), so they are left out and
     /// the Release's finalizer cleans up by label instead.
     cross_namespace: bool,
+    /// Watch cache of the Deployments Slipway manages, read instead of the API when set.
+    deployments: Option<Store<Deployment>>,
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -51,6 +54,23 @@ impl KubernetesPlatform {
             target,
             writes: Default::default(),
             cross_namespace: false,
+            deployments: None,
+        }
+    }
+
+    /// Reads Deployments from this watch cache instead of the API server.
+    pub fn with_deployment_cache(mut self, store: Store<Deployment>) -> Self {
+        self.deployments = Some(store);
+        self
+    }
+
+    /// A Deployment of the target namespace: from the cache when there is one.
+    async fn deployment(&self, name: &str) -> Result<Option<Deployment>, kube::Error> {
+        match &self.deployments {
+            Some(store) => Ok(store
+                .get(&ObjectRef::new(name).within(&self.target.namespace))
+                .map(|d| d.as_ref().clone())),
+            None => self.api::<Deployment>().get_opt(name).await,
         }
     }
 
@@ -123,14 +143,29 @@ impl KubernetesPlatform {
                 return Ok(false);
             }
         }
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(self.apply_body(obj)),
-        )
-        .await?;
-        self.wrote();
+        self.patch_apply(obj).await?;
         Ok(true)
+    }
+
+    /// Server-side apply of one object.
+    async fn patch_apply<K>(&self, obj: &K) -> Result<(), kube::Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + k8s_openapi::Resource
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        self.api::<K>()
+            .patch(
+                &obj.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(self.apply_body(obj)),
+            )
+            .await?;
+        self.wrote();
+        Ok(())
     }
 
     /// Deletes objects of kind K labelled for this Release whose names are not in `keep`.
@@ -158,12 +193,29 @@ impl KubernetesPlatform {
         Ok(())
     }
 
-    /// Applies every service and scheduled job of the plan and deletes the ones removed from it.
+    /// Applies every service and scheduled job of the plan and deletes the ones removed from it
+    /// (`full`), or, on later reconciles of the same revision, only re-applies Deployments whose
+    /// cached plan hash drifted: a converged Release then costs no request at all.
     pub async fn apply(
         &self,
         plan: &RevisionPlan,
         progress_deadline_seconds: i32,
+        full: bool,
     ) -> Result<(), kube::Error> {
+        if !full {
+            for svc in &plan.services {
+                let d = render::deployment(plan, svc, &self.target, progress_deadline_seconds);
+                let live = self.deployment(&d.name_any()).await?;
+                let same = live.as_ref().is_some_and(|l| {
+                    l.annotations().get(PLAN_HASH).is_some()
+                        && l.annotations().get(PLAN_HASH) == d.annotations().get(PLAN_HASH)
+                });
+                if !same {
+                    self.patch_apply(&d).await?;
+                }
+            }
+            return Ok(());
+        }
         let t = &self.target;
         let mut deployments = BTreeSet::new();
         let mut services = BTreeSet::new();
@@ -173,7 +225,13 @@ impl KubernetesPlatform {
         for svc in &plan.services {
             let d = render::deployment(plan, svc, t, progress_deadline_seconds);
             deployments.insert(d.name_any());
-            self.apply_if_changed(&d).await?;
+            let live = self.deployment(&d.name_any()).await?;
+            if live.as_ref().and_then(|l| l.annotations().get(PLAN_HASH))
+                != d.annotations().get(PLAN_HASH)
+                || live.is_none()
+            {
+                self.patch_apply(&d).await?;
+            }
             if let Some(s) = render::service(plan, svc, t) {
                 services.insert(s.name_any());
                 self.apply_if_changed(&s).await?;
@@ -208,13 +266,12 @@ impl KubernetesPlatform {
         plan: &RevisionPlan,
         progress_deadline_seconds: i32,
     ) -> Result<(RolloutObserved, Vec<ServiceStatus>), kube::Error> {
-        let api: Api<Deployment> = self.api();
         let mut all = true;
         let mut statuses = vec![];
         for svc in &plan.services {
             let want = render::deployment(plan, svc, &self.target, progress_deadline_seconds);
             let name = want.name_any();
-            let live = api.get_opt(&name).await?;
+            let live = self.deployment(&name).await?;
             let Some(d) = live else {
                 all = false;
                 statuses.push(ServiceStatus {
