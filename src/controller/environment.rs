@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 
 use super::status::{condition, write_status};
@@ -28,20 +28,38 @@ pub fn controller(
     Store<Environment>,
 ) {
     let api: Api<Environment> = ctx.watched();
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    // Many Release phase changes in a burst become one Environment status write.
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)));
     let store = controller.store();
+    let (releases, writer) = kube::runtime::reflector::store::<Release>();
+    let release_events =
+        kube::runtime::watcher(ctx.watched::<Release>(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+    let ectx = Arc::new(EnvironmentContext {
+        base: ctx,
+        releases,
+    });
     let stream = controller
-        .watches(
-            ctx.watched::<Release>(),
-            watcher::Config::default(),
-            |r: Release| {
-                r.namespace()
-                    .map(|ns| ObjectRef::new(&r.spec.environment).within(&ns))
-            },
-        )
+        .watches_stream(release_events, |r: Release| {
+            r.namespace()
+                .map(|ns| ObjectRef::new(&r.spec.environment).within(&ns))
+        })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
+        .run(
+            reconcile,
+            |e, err, ctx: Arc<EnvironmentContext>| error_policy(e, err, ctx.base.clone()),
+            ectx,
+        );
     (stream, store)
+}
+
+/// What the Environment reconcile gets: the shared context and the Release watch cache.
+pub struct EnvironmentContext {
+    pub base: Arc<Context>,
+    pub releases: Store<Release>,
 }
 
 /// A problem with the spec that a person must fix, naming the field.
@@ -116,7 +134,11 @@ async fn ensure_namespace(ctx: &Context, name: &str) -> Result<(), Error> {
 }
 
 /// Reconciles one Environment.
-pub async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    env: Arc<Environment>,
+    ectx: Arc<EnvironmentContext>,
+) -> Result<Action, Error> {
+    let ctx = &ectx.base;
     let started = Instant::now();
     let labels = Metrics::kind("Environment");
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
@@ -131,13 +153,11 @@ pub async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Actio
     if problem.is_none() {
         ensure_namespace(&ctx, &target_namespace(&env)).await?;
     }
-    let releases: Api<Release> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut listed: Vec<EnvironmentRelease> = releases
-        .list(&ListParams::default())
-        .await?
-        .items
+    let mut listed: Vec<EnvironmentRelease> = ectx
+        .releases
+        .state()
         .into_iter()
-        .filter(|r| r.spec.environment == name)
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.environment == name)
         .map(|r| EnvironmentRelease {
             app: Some(r.spec.app.clone().unwrap_or_else(|| r.name_any())),
             name: r.name_any(),

@@ -35,6 +35,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// Watch only this namespace (`--namespace`); None watches all.
     pub namespace: Option<String>,
+    /// ScaledWorker polling: the shared trigger-source connections and per-object timers.
+    pub scaling: Arc<scaled_worker::Scaling>,
 }
 
 impl Context {
@@ -194,6 +196,9 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
             instance: std::env::var("POD_NAME").ok(),
         },
         namespace: opts.namespace.clone(),
+        scaling: Arc::new(
+            scaled_worker::Scaling::new().context("setting up the trigger-source connections")?,
+        ),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -36,6 +36,8 @@ pub const FINALIZER: &str = "slipway.dev/cleanup";
 pub struct ReleaseContext {
     pub base: Arc<Context>,
     pub deployments: Store<Deployment>,
+    /// Watch cache of ScaledWorkers: which Release services they scale.
+    pub scaled_workers: Store<ScaledWorker>,
 }
 
 fn release_error_policy(rel: Arc<Release>, err: &Error, ctx: Arc<ReleaseContext>) -> Requeue {
@@ -58,9 +60,18 @@ pub fn controller(
     .default_backoff()
     .reflect(writer)
     .touched_objects();
+    let (scaled_workers, sw_writer) = kube::runtime::reflector::store::<ScaledWorker>();
+    // A ScaledWorker that starts or stops targeting a Release service changes who owns that
+    // service's replica count: wake the Release.
+    let sw_events =
+        kube::runtime::watcher(ctx.watched::<ScaledWorker>(), watcher::Config::default())
+            .default_backoff()
+            .reflect(sw_writer)
+            .touched_objects();
     let rctx = Arc::new(ReleaseContext {
         base: ctx.clone(),
         deployments,
+        scaled_workers,
     });
     let store = controller.store();
     let releases = store.clone();
@@ -70,6 +81,16 @@ pub fn controller(
             watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
         )
         .owns_stream(deployment_events)
+        .watches_stream(sw_events, |sw: ScaledWorker| {
+            let ns = sw.namespace();
+            sw.spec.target.release.map(|t| {
+                let r = ObjectRef::new(&t.name);
+                match ns {
+                    Some(ns) => r.within(&ns),
+                    None => r,
+                }
+            })
+        })
         .watches(
             ctx.watched::<Environment>(),
             watcher::Config::default(),
@@ -99,7 +120,7 @@ pub async fn reconcile(rel: Arc<Release>, rctx: Arc<ReleaseContext>) -> Result<R
         kind: "Release",
         name: rel.name_any(),
     })?;
-    let result = with_finalizer(rel, &ns, ctx, &rctx.deployments).await;
+    let result = with_finalizer(rel, &ns, ctx, &rctx).await;
     ctx.metrics
         .duration
         .get_or_create(&labels)
@@ -114,7 +135,7 @@ async fn with_finalizer(
     rel: Arc<Release>,
     ns: &str,
     ctx: &Context,
-    deployments: &Store<Deployment>,
+    caches: &ReleaseContext,
 ) -> Result<Requeue, Error> {
     let api: Api<Release> = Api::namespaced(ctx.client.clone(), ns);
     let has = rel.finalizers().iter().any(|f| f == FINALIZER);
@@ -147,7 +168,7 @@ async fn with_finalizer(
         )
         .await?;
     }
-    apply(rel, ctx, deployments).await
+    apply(rel, ctx, caches).await
 }
 
 /// Where the Release's workloads go, and whether that is outside the Release's namespace.
@@ -315,22 +336,23 @@ fn approval_gate(rel: &Release, env: &Environment) -> Gate {
 }
 
 /// Services of this Release that a ScaledWorker scales.
-async fn scaled_services(rel: &Release, ctx: &Context) -> Result<Vec<String>, Error> {
-    let ns = rel.namespace().unwrap_or_default();
-    let sws: Api<ScaledWorker> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(sws
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
+fn scaled_services(rel: &Release, scaled_workers: &Store<ScaledWorker>) -> Vec<String> {
+    let ns = rel.namespace();
+    let mut services: Vec<String> = scaled_workers
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == ns)
         .filter_map(|s| {
             s.spec
                 .target
                 .release
+                .clone()
                 .filter(|t| t.name == rel.name_any())
                 .map(|t| t.service)
         })
-        .collect())
+        .collect();
+    services.sort();
+    services
 }
 
 /// One HTTP GET attempt; 2xx passes. Plain HTTP only: HTTPS verification is not built yet.
@@ -400,8 +422,9 @@ fn verify_url(rel: &Release, plan: &RevisionPlan, target_ns: &str) -> Option<Str
 async fn apply(
     rel: Arc<Release>,
     ctx: &Context,
-    deployments: &Store<Deployment>,
+    caches: &ReleaseContext,
 ) -> Result<Requeue, Error> {
+    let deployments = &caches.deployments;
     let ns = rel.namespace().unwrap_or_default();
     let name = rel.name_any();
     let envs: Api<Environment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -428,7 +451,7 @@ async fn apply(
         )
         .await;
     }
-    let scaled = scaled_services(&rel, ctx).await?;
+    let scaled = scaled_services(&rel, &caches.scaled_workers);
     let plan = match plan::resolve(&rel, &env, &scaled) {
         Ok(p) => p,
         Err(e) => {
