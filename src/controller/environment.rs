@@ -151,7 +151,7 @@ pub async fn reconcile(
 
     let problem = validate(&name, &env.spec);
     if problem.is_none() {
-        ensure_namespace(&ctx, &target_namespace(&env)).await?;
+        ensure_namespace(ctx, &target_namespace(&env)).await?;
     }
     let mut listed: Vec<EnvironmentRelease> = ectx
         .releases
@@ -227,7 +227,7 @@ pub async fn reconcile(
             );
         }
     }
-    write_status(env.as_ref(), &st, &ctx).await?;
+    write_status(env.as_ref(), &st, ctx).await?;
     ctx.metrics
         .duration
         .get_or_create(&labels)

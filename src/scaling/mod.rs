@@ -7,6 +7,9 @@
 //!   bounds, fallback, cooldown and current state into a replica count, with KEDA's semantics
 //!   (activation, cooldown, fallback) and without its sharp edges (an unreadable source never
 //!   scales a worker to zero; the fallback also applies at zero replicas).
+//! - [`step`]: one polling step, pure: readings, target state and previous status in; the
+//!   replica count to write, the new status (conditions included), Events and the next poll
+//!   out. It knows nothing of the target's platform.
 //!
 //! The ScaledWorker controller polls each trigger every `pollingIntervalSeconds`, keeps the
 //! consecutive failure counts, calls the decision, and writes the result to the target and to
@@ -14,3 +17,4 @@
 
 pub mod decision;
 pub mod sources;
+pub mod step;
