@@ -268,5 +268,24 @@ async fn main() {
     );
     println!("| operator CPU seconds until all Ready | {cpu_s:.1} (after the no-op round: {cpu_s_end:.1}) |");
     println!("| write requests during {RELEASES} no-op reconciles | {noop_writes} |");
+    let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
+    let mut requests: Vec<(u64, String)> = body
+        .lines()
+        .filter(|l| l.starts_with("slipway_api_requests_total{"))
+        .filter_map(|l| {
+            let (labels, n) = l.rsplit_once(' ')?;
+            Some((n.parse().ok()?, labels.trim_start_matches("slipway_api_requests_total").to_string()))
+        })
+        .collect();
+    requests.sort_by(|a, b| b.cmp(a));
+    let total: u64 = requests.iter().map(|r| r.0).sum();
+    println!();
+    println!("API requests by the operator during the whole run: {total} ({:.1} per Release)", total as f64 / RELEASES as f64);
+    println!();
+    println!("| requests | verb and resource |");
+    println!("| --- | --- |");
+    for (n, labels) in requests.iter().take(15) {
+        println!("| {n} | `{labels}` |");
+    }
     let _ = DeleteParams::default();
 }

@@ -15,6 +15,31 @@ pub struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
     pub verb: String,
+    /// The resource the request is about, e.g. `deployments` or `releases/status`.
+    pub resource: String,
+}
+
+/// The path segments after the group/version and after `namespaces/{ns}/`.
+fn resource_segments(path: &str) -> Option<Vec<&str>> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let rest: &[&str] = match segs.first() {
+        Some(&"api") => segs.get(2..).unwrap_or(&[]),
+        Some(&"apis") => segs.get(3..).unwrap_or(&[]),
+        _ => return None,
+    };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 { &rest[2..] } else { rest };
+    Some(rest.to_vec())
+}
+
+/// The resource of an API path: `/apis/apps/v1/namespaces/x/deployments/y` → `deployments`,
+/// `/apis/slipway.dev/v1alpha1/namespaces/x/releases/y/status` → `releases/status`.
+pub fn resource_of(path: &str) -> String {
+    match resource_segments(path).as_deref() {
+        None => "other".into(),
+        Some([]) => "discovery".into(),
+        Some([r]) | Some([r, _]) => (*r).to_string(),
+        Some([r, _, sub, ..]) => format!("{r}/{sub}"),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,34 +119,55 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Requests that change something on the API server.
-    pub fn api_writes(&self) -> u64 {
-        ["POST", "PUT", "PATCH", "DELETE"]
-            .iter()
-            .map(|v| {
-                self.api_requests
-                    .get_or_create(&VerbLabels {
-                        verb: v.to_string(),
-                    })
-                    .get()
-            })
-            .sum()
-    }
-
-    /// A kube client whose every request is counted in `api_requests`.
+    /// A kube client whose every request is counted in `api_requests`, by verb (GET, LIST,
+    /// WATCH, POST, PUT, PATCH, DELETE) and resource.
     pub fn counting_client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
         let counter = self.api_requests.clone();
-        let layer =
-            tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-                counter
-                    .get_or_create(&VerbLabels {
-                        verb: req.method().as_str().to_string(),
-                    })
-                    .inc();
-                req
-            });
-        Ok(kube::client::ClientBuilder::try_from(config)?
-            .with_layer(&layer)
-            .build())
+        let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+            counter.get_or_create(&request_labels(req.method(), req.uri())).inc();
+            req
+        });
+        Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
+    }
+}
+
+/// Labels of one request: GETs are split into GET (one object), LIST and WATCH.
+pub fn request_labels(method: &http::Method, uri: &http::Uri) -> VerbLabels {
+    let resource = resource_of(uri.path());
+    let verb = if method == http::Method::GET {
+        let query = uri.query().unwrap_or("");
+        let named = resource_segments(uri.path()).is_some_and(|r| r.len() >= 2);
+        if query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") {
+            "WATCH"
+        } else if named {
+            "GET"
+        } else {
+            "LIST"
+        }
+    } else {
+        method.as_str()
+    };
+    VerbLabels { verb: verb.to_string(), resource }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_labelled_by_verb_and_resource() {
+        let cases = [
+            ("GET", "/apis/apps/v1/namespaces/a/deployments/web", "GET", "deployments"),
+            ("GET", "/apis/apps/v1/namespaces/a/deployments?labelSelector=x", "LIST", "deployments"),
+            ("GET", "/apis/apps/v1/deployments?watch=true&resourceVersion=1", "WATCH", "deployments"),
+            ("PATCH", "/apis/slipway.dev/v1alpha1/namespaces/a/releases/shop/status", "PATCH", "releases/status"),
+            ("GET", "/api/v1/namespaces/a", "GET", "namespaces"),
+            ("POST", "/apis/batch/v1/namespaces/a/jobs", "POST", "jobs"),
+            ("GET", "/api/v1/namespaces", "LIST", "namespaces"),
+        ];
+        for (m, path, verb, resource) in cases {
+            let l = request_labels(&m.parse().unwrap(), &path.parse().unwrap());
+            assert_eq!((l.verb.as_str(), l.resource.as_str()), (verb, resource), "{m} {path}");
+        }
     }
 }
