@@ -38,6 +38,10 @@ pub struct ReleaseContext {
     pub deployments: Store<Deployment>,
     /// Watch cache of ScaledWorkers: which Release services they scale.
     pub scaled_workers: Store<ScaledWorker>,
+    /// Watch cache of migration Jobs.
+    pub jobs: Store<Job>,
+    /// Watch cache of Environments.
+    pub environments: Store<Environment>,
 }
 
 fn release_error_policy(rel: Arc<Release>, err: &Error, ctx: Arc<ReleaseContext>) -> Requeue {
@@ -68,18 +72,31 @@ pub fn controller(
             .default_backoff()
             .reflect(sw_writer)
             .touched_objects();
+    let (jobs, job_writer) = kube::runtime::reflector::store::<Job>();
+    let job_events = kube::runtime::watcher(
+        ctx.watched::<Job>(),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
+    )
+    .default_backoff()
+    .reflect(job_writer)
+    .touched_objects();
+    let (environments, env_writer) = kube::runtime::reflector::store::<Environment>();
+    let env_events =
+        kube::runtime::watcher(ctx.watched::<Environment>(), watcher::Config::default())
+            .default_backoff()
+            .reflect(env_writer)
+            .touched_objects();
     let rctx = Arc::new(ReleaseContext {
         base: ctx.clone(),
         deployments,
         scaled_workers,
+        jobs,
+        environments,
     });
     let store = controller.store();
     let releases = store.clone();
     let stream = controller
-        .owns(
-            ctx.watched::<Job>(),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
-        )
+        .owns_stream(job_events)
         .owns_stream(deployment_events)
         .watches_stream(sw_events, |sw: ScaledWorker| {
             let ns = sw.namespace();
@@ -91,20 +108,16 @@ pub fn controller(
                 }
             })
         })
-        .watches(
-            ctx.watched::<Environment>(),
-            watcher::Config::default(),
-            move |env: Environment| {
-                let ns = env.namespace();
-                let name = env.name_any();
-                releases
-                    .state()
-                    .into_iter()
-                    .filter(|r| r.namespace() == ns && r.spec.environment == name)
-                    .map(|r| ObjectRef::from_obj(r.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(env_events, move |env: Environment| {
+            let ns = env.namespace();
+            let name = env.name_any();
+            releases
+                .state()
+                .into_iter()
+                .filter(|r| r.namespace() == ns && r.spec.environment == name)
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(reconcile, release_error_policy, rctx);
     (stream, store)
@@ -427,8 +440,11 @@ async fn apply(
     let deployments = &caches.deployments;
     let ns = rel.namespace().unwrap_or_default();
     let name = rel.name_any();
-    let envs: Api<Environment> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(env) = envs.get_opt(&rel.spec.environment).await? else {
+    let env = caches
+        .environments
+        .get(&ObjectRef::new(&rel.spec.environment).within(&ns))
+        .map(|e| e.as_ref().clone());
+    let Some(env) = env else {
         return blocked(
             &rel,
             ctx,
@@ -488,7 +504,7 @@ async fn apply(
         approval: approval_gate(&rel, &env),
     };
     let migration = match &status.migration {
-        Some(m) if m.state == "Running" => platform.migration(&m.job).await?,
+        Some(m) if m.state == "Running" => platform.migration(&m.job, Some(&caches.jobs)).await?,
         Some(m) if m.state == "Succeeded" => MigrationObserved::Succeeded,
         _ => MigrationObserved::Absent,
     };

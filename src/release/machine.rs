@@ -132,7 +132,9 @@ pub struct Decision {
     pub requeue: Duration,
 }
 
-const POLL: Duration = Duration::from_secs(2);
+/// Safety-net requeue while work is in flight; watches on Jobs and Deployments wake the
+/// Release as soon as something changes, so this only matters if an event is missed.
+const POLL: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(300);
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -373,7 +375,9 @@ pub fn decide(inp: &Input) -> Decision {
                 }
                 reason = "RollingOut".into();
                 message = format!("rolling out {}", inp.version);
-                requeue = POLL;
+                // Wake up no later than the deadline, so a stuck rollout is noticed on time.
+                let left = inp.progress_deadline.saturating_sub(elapsed) + Duration::from_secs(1);
+                requeue = POLL.min(left);
                 break;
             }
             Phase::Verifying => {

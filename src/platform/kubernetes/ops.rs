@@ -107,6 +107,10 @@ impl KubernetesPlatform {
 
     /// Creates the target namespace when it is missing.
     pub async fn prepare(&self) -> Result<(), kube::Error> {
+        if !self.cross_namespace {
+            // The Release's own namespace: it exists, the Release is in it.
+            return Ok(());
+        }
         let api: Api<Namespace> = Api::all(self.client.clone());
         if api.get_opt(&self.target.namespace).await?.is_some() {
             return Ok(());
@@ -316,9 +320,18 @@ impl KubernetesPlatform {
     }
 
     /// The state of a migration Job.
-    pub async fn migration(&self, name: &str) -> Result<MigrationObserved, kube::Error> {
-        let api: Api<Job> = self.api();
-        let Some(job) = api.get_opt(name).await? else {
+    pub async fn migration(
+        &self,
+        name: &str,
+        cache: Option<&Store<Job>>,
+    ) -> Result<MigrationObserved, kube::Error> {
+        let job = match cache {
+            Some(c) if !self.cross_namespace => c
+                .get(&ObjectRef::new(name).within(&self.target.namespace))
+                .map(|j| j.as_ref().clone()),
+            _ => self.api::<Job>().get_opt(name).await?,
+        };
+        let Some(job) = job else {
             return Ok(MigrationObserved::Absent);
         };
         let conds = job
