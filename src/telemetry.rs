@@ -18,7 +18,10 @@ pub fn init(format: LogFormat, level: &str) {
     });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.with_target(false).init(),
+                LogFormat::Human => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -118,21 +116,6 @@ pub fn target_namespace(env: &Environment) -> String {
         .unwrap_or_else(|| env.namespace().unwrap_or_default())
 }
 
-async fn ensure_namespace(ctx: &Context, name: &str) -> Result<(), Error> {
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
-    if api.get_opt(name).await?.is_some() {
-        return Ok(());
-    }
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name, "labels": { "app.kubernetes.io/managed-by": "slipway" } }
-    }))?;
-    match api.create(&PostParams::default(), &ns).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Reconciles one Environment.
 pub async fn reconcile(
     env: Arc<Environment>,
@@ -151,7 +134,8 @@ pub async fn reconcile(
 
     let problem = validate(&name, &env.spec);
     if problem.is_none() {
-        ensure_namespace(ctx, &target_namespace(&env)).await?;
+        crate::platform::kubernetes::ops::ensure_namespace(&ctx.client, &target_namespace(&env))
+            .await?;
     }
     let mut listed: Vec<EnvironmentRelease> = ectx
         .releases

@@ -250,7 +250,7 @@ async fn blocked(
             condition_type::RECONCILING,
             if stalled { status::FALSE } else { status::TRUE },
             reason,
-            String::new(),
+            if stalled { String::new() } else { message.clone() },
             g,
         ),
     );
@@ -260,7 +260,7 @@ async fn blocked(
             condition_type::STALLED,
             if stalled { status::TRUE } else { status::FALSE },
             reason,
-            String::new(),
+            if stalled { message.clone() } else { String::new() },
             g,
         ),
     );

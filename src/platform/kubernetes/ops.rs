@@ -43,6 +43,31 @@ pub struct KubernetesPlatform {
     deployments: Option<Store<Deployment>>,
 }
 
+/// Creates `obj` unless an object of that name exists. Returns whether it created one.
+pub async fn create_if_absent<K>(api: &Api<K>, obj: &K) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a namespace (labelled as Slipway's) when it is missing. Returns whether it did.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<bool, kube::Error> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_some() {
+        return Ok(false);
+    }
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "app.kubernetes.io/managed-by": "slipway" } }
+    }))
+    .expect("a namespace literal");
+    create_if_absent(&api, &ns).await
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -111,22 +136,10 @@ impl KubernetesPlatform {
             // The Release's own namespace: it exists, the Release is in it.
             return Ok(());
         }
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        if api.get_opt(&self.target.namespace).await?.is_some() {
-            return Ok(());
+        if ensure_namespace(&self.client, &self.target.namespace).await? {
+            self.wrote();
         }
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": self.target.namespace, "labels": { "app.kubernetes.io/managed-by": "slipway" } }
-        }))
-        .expect("a namespace literal");
-        match api.create(&PostParams::default(), &ns).await {
-            Ok(_) => {
-                self.wrote();
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e),
-        }
+        Ok(())
     }
 
     /// Applies one object unless the live one carries the same plan hash.
@@ -376,14 +389,10 @@ impl KubernetesPlatform {
         )))
         .expect("a rendered Job round-trips");
         let api: Api<Job> = self.api();
-        match api.create(&PostParams::default(), &job).await {
-            Ok(_) => {
-                self.wrote();
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e),
+        if create_if_absent(&api, &job).await? {
+            self.wrote();
         }
+        Ok(())
     }
 
     fn revision_name(release: &str, revision: i64) -> String {
@@ -415,14 +424,10 @@ impl KubernetesPlatform {
             "data": plan,
         }))
         .expect("a ControllerRevision literal");
-        match api.create(&PostParams::default(), &cr).await {
-            Ok(_) => {
-                self.wrote();
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e),
+        if create_if_absent(&api, &cr).await? {
+            self.wrote();
         }
+        Ok(())
     }
 
     /// Loads a stored plan.
