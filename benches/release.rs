@@ -274,13 +274,21 @@ async fn main() {
         .filter(|l| l.starts_with("slipway_api_requests_total{"))
         .filter_map(|l| {
             let (labels, n) = l.rsplit_once(' ')?;
-            Some((n.parse().ok()?, labels.trim_start_matches("slipway_api_requests_total").to_string()))
+            Some((
+                n.parse().ok()?,
+                labels
+                    .trim_start_matches("slipway_api_requests_total")
+                    .to_string(),
+            ))
         })
         .collect();
     requests.sort_by(|a, b| b.cmp(a));
     let total: u64 = requests.iter().map(|r| r.0).sum();
     println!();
-    println!("API requests by the operator during the whole run: {total} ({:.1} per Release)", total as f64 / RELEASES as f64);
+    println!(
+        "API requests by the operator during the whole run: {total} ({:.1} per Release)",
+        total as f64 / RELEASES as f64
+    );
     println!();
     println!("| requests | verb and resource |");
     println!("| --- | --- |");

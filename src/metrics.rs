@@ -21,13 +21,21 @@ pub struct VerbLabels {
 
 /// The path segments after the group/version and after `namespaces/{ns}/`.
 fn resource_segments(path: &str) -> Option<Vec<&str>> {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let rest: &[&str] = match segs.first() {
         Some(&"api") => segs.get(2..).unwrap_or(&[]),
         Some(&"apis") => segs.get(3..).unwrap_or(&[]),
         _ => return None,
     };
-    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 { &rest[2..] } else { rest };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+        &rest[2..]
+    } else {
+        rest
+    };
     Some(rest.to_vec())
 }
 
@@ -123,11 +131,16 @@ impl Metrics {
     /// WATCH, POST, PUT, PATCH, DELETE) and resource.
     pub fn counting_client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
         let counter = self.api_requests.clone();
-        let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-            counter.get_or_create(&request_labels(req.method(), req.uri())).inc();
-            req
-        });
-        Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
+        let layer =
+            tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+                counter
+                    .get_or_create(&request_labels(req.method(), req.uri()))
+                    .inc();
+                req
+            });
+        Ok(kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&layer)
+            .build())
     }
 }
 
@@ -137,7 +150,10 @@ pub fn request_labels(method: &http::Method, uri: &http::Uri) -> VerbLabels {
     let verb = if method == http::Method::GET {
         let query = uri.query().unwrap_or("");
         let named = resource_segments(uri.path()).is_some_and(|r| r.len() >= 2);
-        if query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1") {
+        if query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1")
+        {
             "WATCH"
         } else if named {
             "GET"
@@ -147,7 +163,10 @@ pub fn request_labels(method: &http::Method, uri: &http::Uri) -> VerbLabels {
     } else {
         method.as_str()
     };
-    VerbLabels { verb: verb.to_string(), resource }
+    VerbLabels {
+        verb: verb.to_string(),
+        resource,
+    }
 }
 
 #[cfg(test)]
@@ -157,17 +176,41 @@ mod tests {
     #[test]
     fn requests_are_labelled_by_verb_and_resource() {
         let cases = [
-            ("GET", "/apis/apps/v1/namespaces/a/deployments/web", "GET", "deployments"),
-            ("GET", "/apis/apps/v1/namespaces/a/deployments?labelSelector=x", "LIST", "deployments"),
-            ("GET", "/apis/apps/v1/deployments?watch=true&resourceVersion=1", "WATCH", "deployments"),
-            ("PATCH", "/apis/slipway.dev/v1alpha1/namespaces/a/releases/shop/status", "PATCH", "releases/status"),
+            (
+                "GET",
+                "/apis/apps/v1/namespaces/a/deployments/web",
+                "GET",
+                "deployments",
+            ),
+            (
+                "GET",
+                "/apis/apps/v1/namespaces/a/deployments?labelSelector=x",
+                "LIST",
+                "deployments",
+            ),
+            (
+                "GET",
+                "/apis/apps/v1/deployments?watch=true&resourceVersion=1",
+                "WATCH",
+                "deployments",
+            ),
+            (
+                "PATCH",
+                "/apis/slipway.dev/v1alpha1/namespaces/a/releases/shop/status",
+                "PATCH",
+                "releases/status",
+            ),
             ("GET", "/api/v1/namespaces/a", "GET", "namespaces"),
             ("POST", "/apis/batch/v1/namespaces/a/jobs", "POST", "jobs"),
             ("GET", "/api/v1/namespaces", "LIST", "namespaces"),
         ];
         for (m, path, verb, resource) in cases {
             let l = request_labels(&m.parse().unwrap(), &path.parse().unwrap());
-            assert_eq!((l.verb.as_str(), l.resource.as_str()), (verb, resource), "{m} {path}");
+            assert_eq!(
+                (l.verb.as_str(), l.resource.as_str()),
+                (verb, resource),
+                "{m} {path}"
+            );
         }
     }
 }
