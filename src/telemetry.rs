@@ -18,7 +18,7 @@ pub fn init(format: LogFormat, level: &str) {
     });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-                LogFormat::Human => builder
+        LogFormat::Human => builder
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),

@@ -827,6 +827,8 @@ fn scripts_pass_shellcheck() {
             "tests/testenv/up",
             "tests/testenv/down",
             "tests/testenv/build",
+            "tests/brokers/up",
+            "tests/brokers/down",
         ]
         .map(String::from),
     );

@@ -250,7 +250,11 @@ async fn blocked(
             condition_type::RECONCILING,
             if stalled { status::FALSE } else { status::TRUE },
             reason,
-            if stalled { String::new() } else { message.clone() },
+            if stalled {
+                String::new()
+            } else {
+                message.clone()
+            },
             g,
         ),
     );
@@ -260,7 +264,11 @@ async fn blocked(
             condition_type::STALLED,
             if stalled { status::TRUE } else { status::FALSE },
             reason,
-            if stalled { message.clone() } else { String::new() },
+            if stalled {
+                message.clone()
+            } else {
+                String::new()
+            },
             g,
         ),
     );

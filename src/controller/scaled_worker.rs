@@ -22,7 +22,7 @@
 //! last active time at full precision; after an operator restart they come from `status`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -41,9 +41,8 @@ use crate::metrics::Metrics;
 use crate::scaling::sources::{read_trigger, SourceError, SourcePool};
 use crate::scaling::step::{self, StepEvent, StepInput, TargetState};
 
-/// The field manager of replica counts written through the scale subresource, so that
-/// `managedFields` shows who set them (the Release's own applies never name `replicas` of a
-/// service a ScaledWorker scales).
+/// The field manager of the replica counts written through the scale subresource. (The
+/// Release's own applies never name `replicas` of a service a ScaledWorker scales.)
 pub const SCALE_MANAGER: &str = "slipway-scaledworker";
 
 /// Forget an object this long after it was due and not polled (it was deleted).
@@ -55,7 +54,6 @@ pub struct Scaling {
     /// Connections to the trigger sources, shared by every ScaledWorker.
     pub pool: SourcePool,
     polls: Mutex<HashMap<String, Remembered>>,
-    recorder: OnceLock<Recorder>,
 }
 
 impl std::fmt::Debug for Scaling {
@@ -86,7 +84,6 @@ impl Scaling {
         Scaling {
             pool,
             polls: Mutex::new(HashMap::new()),
-            recorder: OnceLock::new(),
         }
     }
 
@@ -156,11 +153,7 @@ pub async fn reconcile(obj: Arc<ScaledWorker>, ctx: Arc<Context>) -> Result<Acti
 
 /// The target resolved to a Deployment, or why it cannot be.
 enum Resolved {
-    Deployment {
-        api: Api<Deployment>,
-        name: String,
-        namespace: String,
-    },
+    Deployment { name: String, namespace: String },
     State(TargetState),
 }
 
@@ -195,7 +188,8 @@ async fn poll(
         now: chrono::Utc::now(),
     });
 
-    if let (Some(replicas), Resolved::Deployment { api, name, .. }) = (out.scale_to, &resolved) {
+    if let (Some(replicas), Resolved::Deployment { name, namespace }) = (out.scale_to, &resolved) {
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
         api.patch_scale(
             name,
             &PatchParams {
@@ -242,23 +236,24 @@ async fn observe_target(
     let resolved = resolve_target(sw, ns, ctx).await?;
     let state = match &resolved {
         Resolved::State(s) => s.clone(),
-        Resolved::Deployment {
-            api,
-            name,
-            namespace,
-        } => match api.get_scale(name).await {
-            Ok(scale) => TargetState::Found {
-                // `replicas: 0` is omitted from a Scale's spec.
-                replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-            },
-            Err(kube::Error::Api(e)) if e.code == 404 => TargetState::NotFound {
-                message: format!(
-                    "{}: Deployment {name} not found in namespace {namespace}",
-                    target_field(sw)
-                ),
-            },
-            Err(e) => return Err(e.into()),
-        },
+        Resolved::Deployment { name, namespace } => {
+            match Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+                .get_scale(name)
+                .await
+            {
+                Ok(scale) => TargetState::Found {
+                    // `replicas: 0` is omitted from a Scale's spec.
+                    replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+                },
+                Err(kube::Error::Api(e)) if e.code == 404 => TargetState::NotFound {
+                    message: format!(
+                        "{}: Deployment {name} not found in namespace {namespace}",
+                        target_field(sw)
+                    ),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
     Ok((resolved, state))
 }
@@ -277,7 +272,6 @@ async fn resolve_target(sw: &ScaledWorker, ns: &str, ctx: &Context) -> Result<Re
     let t = &sw.spec.target;
     if let Some(d) = &t.deployment {
         return Ok(Resolved::Deployment {
-            api: Api::namespaced(ctx.client.clone(), ns),
             name: d.name.clone(),
             namespace: ns.to_string(),
         });
@@ -323,7 +317,6 @@ async fn resolve_target(sw: &ScaledWorker, ns: &str, ctx: &Context) -> Result<Re
     }
     let target_ns = super::environment::target_namespace(&env);
     Ok(Resolved::Deployment {
-        api: Api::namespaced(ctx.client.clone(), &target_ns),
         name: crate::platform::kubernetes::render::workload_name(&r.name, &r.service),
         namespace: target_ns,
     })
@@ -384,10 +377,9 @@ pub fn secret_strings(s: &Secret) -> BTreeMap<String, String> {
 }
 
 async fn publish(ctx: &Context, sw: &ScaledWorker, ev: &StepEvent) {
-    let recorder = ctx
-        .scaling
-        .recorder
-        .get_or_init(|| Recorder::new(ctx.client.clone(), ctx.reporter.clone()));
+    // A recorder per Event: kube's Recorder folds Events of the same reason into one series
+    // and keeps the first note, which would hide the trigger and value of later scale changes.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_: if ev.warning {
             EventType::Warning
