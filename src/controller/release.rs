@@ -502,6 +502,11 @@ async fn apply(
     };
 
     let status = rel.status.clone().unwrap_or_default();
+    let had_earlier_revisions = !status.history.is_empty()
+        || status
+            .revision
+            .is_some_and(|r| r != rel.metadata.generation.unwrap_or(1));
+    let platform = platform.with_pruning(had_earlier_revisions);
     let retry = rel.annotations().get(RETRY_ANNOTATION).cloned();
     let attempt_key = retry.clone().unwrap_or_default();
     let generation = rel.metadata.generation.unwrap_or(1);
@@ -580,7 +585,9 @@ async fn apply(
         match action {
             machine::Action::StartMigration => {
                 platform.prepare().await?;
-                platform.start_migration(&plan, &attempt_key).await?;
+                platform
+                    .start_migration(&plan, &attempt_key, Some(&caches.jobs))
+                    .await?;
             }
             machine::Action::ApplyCurrent => {
                 // The first apply of a revision does everything (namespace, stored plan, every
@@ -594,7 +601,7 @@ async fn apply(
                 platform
                     .apply(&plan, rollout.progress_deadline_seconds, first)
                     .await?;
-                if first {
+                if first && had_earlier_revisions {
                     let keep = rel.spec.revision_history_limit.max(1) as usize + 1;
                     let protect: Vec<i64> = decision
                         .status

@@ -455,7 +455,11 @@ pub fn decide(inp: &Input) -> Decision {
         }
     }
 
-    if st.phase != before {
+    // A phase change gets its own Event, unless a more specific one (e.g. MigrationStarted
+    // for Migrating) already says it.
+    let said =
+        events.iter().any(|e| e.reason == "MigrationStarted") && st.phase == Some(Phase::Migrating);
+    if st.phase != before && !said {
         let p = st.phase.unwrap_or(Phase::Pending);
         let warning = matches!(p, Phase::Failed | Phase::RolledBack);
         events.push(EventNote {

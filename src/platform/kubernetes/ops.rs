@@ -41,6 +41,8 @@ pub struct KubernetesPlatform {
     cross_namespace: bool,
     /// Watch cache of the Deployments Slipway manages, read instead of the API when set.
     deployments: Option<Store<Deployment>>,
+    /// Earlier revisions may have left objects behind: a full apply prunes.
+    prune: bool,
 }
 
 /// Creates `obj` unless an object of that name exists. Returns whether it created one.
@@ -80,7 +82,15 @@ impl KubernetesPlatform {
             writes: Default::default(),
             cross_namespace: false,
             deployments: None,
+            prune: true,
         }
+    }
+
+    /// Whether a full apply looks for objects earlier revisions left behind (not needed for
+    /// a Release's first revision).
+    pub fn with_pruning(mut self, prune: bool) -> Self {
+        self.prune = prune;
+        self
     }
 
     /// Reads Deployments from this watch cache instead of the API server.
@@ -267,6 +277,9 @@ impl KubernetesPlatform {
             cronjobs.insert(c.name_any());
             self.apply_if_changed(&c).await?;
         }
+        if !self.prune {
+            return Ok(());
+        }
         self.prune::<Deployment>(&plan.release, &deployments)
             .await?;
         self.prune::<Service>(&plan.release, &services).await?;
@@ -377,10 +390,19 @@ impl KubernetesPlatform {
         &self,
         plan: &RevisionPlan,
         attempt_key: &str,
+        cache: Option<&Store<Job>>,
     ) -> Result<(), kube::Error> {
         let Some(m) = &plan.migration else {
             return Ok(());
         };
+        let name = render::migration_job_name(&plan.release, plan.revision, attempt_key);
+        if let Some(c) = cache.filter(|_| !self.cross_namespace) {
+            if c.get(&ObjectRef::new(&name).within(&self.target.namespace))
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
         let job: Job = serde_json::from_value(self.apply_body(&render::migration_job(
             plan,
             m,
@@ -411,9 +433,6 @@ impl KubernetesPlatform {
     ) -> Result<(), kube::Error> {
         let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), release_namespace);
         let name = Self::revision_name(&plan.release, plan.revision);
-        if api.get_opt(&name).await?.is_some() {
-            return Ok(());
-        }
         let cr: ControllerRevision = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
