@@ -52,3 +52,7 @@ image:
 ## kind cluster from kind-config.yaml, image built and loaded, chart installed, tests run on it.
 kind-e2e:
 	hack/kind-e2e
+
+## Benchmark: 1000 ScaledWorkers polling one Redis every 5 s.
+bench-scaling: deps
+	hack/bench scaling
