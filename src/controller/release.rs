@@ -55,7 +55,11 @@ pub fn controller(
     Store<Release>,
 ) {
     let api: Api<Release> = ctx.watched();
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    // A burst of Deployment status updates (one per pod becoming ready) becomes one reconcile
+    // and at most one status write.
+    let controller = Controller::new(api, watcher::Config::default().any_semantic()).with_config(
+        kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+    );
     let (deployments, writer) = kube::runtime::reflector::store::<Deployment>();
     let deployment_events = kube::runtime::watcher(
         ctx.watched::<Deployment>(),
