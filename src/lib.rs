@@ -5,6 +5,9 @@
 //! - [`admin`]: the `/live`, `/ready` and `/metrics` server.
 //! - [`telemetry`]: logging setup.
 
+/// The field manager of every write Slipway makes (server-side apply and status).
+pub const FIELD_MANAGER: &str = "slipway";
+
 pub mod admin;
 pub mod api;
 pub mod controller;

@@ -27,6 +27,38 @@ pub struct Condition {
     pub message: String,
 }
 
+impl Condition {
+    /// A condition stamped with the generation it was computed from and the time `at`.
+    pub fn new(
+        type_: &str,
+        status: &str,
+        reason: &str,
+        message: impl Into<String>,
+        generation: Option<i64>,
+        at: impl Into<String>,
+    ) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            observed_generation: generation,
+            last_transition_time: at.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// RFC 3339 with second precision in UTC, as `metav1.Time` serialises.
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Parses an RFC 3339 time of a status; None when absent or malformed.
+pub fn parse_time(s: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 /// The well-known condition statuses.
 pub mod status {
     pub const TRUE: &str = "True";

@@ -12,7 +12,7 @@ use crate::api::{
 };
 
 /// The field manager of every write Slipway makes.
-pub const MANAGER: &str = "slipway";
+pub use crate::FIELD_MANAGER as MANAGER;
 
 /// A Slipway object whose status carries observedGeneration and conditions.
 pub trait StatusObject:
@@ -53,7 +53,7 @@ status_object!(ScaledWorker, ScaledWorkerStatus);
 
 /// Current time as an RFC 3339 string with second precision, as metav1.Time serialises.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    crate::api::format_time(chrono::Utc::now())
 }
 
 /// Builds a condition stamped with the object's generation and the current time.
@@ -64,14 +64,7 @@ pub fn condition(
     message: impl Into<String>,
     generation: Option<i64>,
 ) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        observed_generation: generation,
-        last_transition_time: now(),
-        reason: reason.into(),
-        message: message.into(),
-    }
+    Condition::new(type_, status, reason, message, generation, now())
 }
 
 /// Writes `new` as the object's status by server-side apply, unless it equals the status the

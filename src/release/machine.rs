@@ -18,7 +18,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+
+use crate::api::{format_time, parse_time};
 
 use crate::api::{
     condition_type, set_condition, status, Condition, MigrationStatus, Phase, ReleaseStatus,
@@ -137,16 +139,6 @@ pub struct Decision {
 const POLL: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(300);
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn parse(t: &Option<String>) -> Option<DateTime<Utc>> {
-    t.as_deref()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| d.with_timezone(&Utc))
-}
-
 fn terminal(p: Option<Phase>) -> bool {
     matches!(p, Some(Phase::Failed) | Some(Phase::RolledBack))
 }
@@ -158,7 +150,7 @@ pub fn decide(inp: &Input) -> Decision {
     let mut events = vec![];
     let before = st.phase;
     st.observed_generation = Some(inp.generation);
-    let now = ts(inp.now);
+    let now = format_time(inp.now);
 
     // A migration recorded as Running settles first, whatever revision it belongs to.
     if let Some(m) = st.migration.as_mut().filter(|m| m.state == "Running") {
@@ -343,7 +335,7 @@ pub fn decide(inp: &Input) -> Decision {
                     st.phase = Some(Phase::Succeeded);
                     continue;
                 }
-                let started = parse(&st.rollout_started_at).unwrap_or(inp.now);
+                let started = parse_time(st.rollout_started_at.as_deref()).unwrap_or(inp.now);
                 let elapsed = (inp.now - started).to_std().unwrap_or_default();
                 if let Some(why) = &inp.rollout.failed {
                     fail_rollout(
@@ -525,14 +517,7 @@ fn fail_rollout(
 }
 
 fn cond(type_: &str, s: &str, reason: &str, message: &str, gen: i64, now: &str) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: s.into(),
-        observed_generation: Some(gen),
-        last_transition_time: now.into(),
-        reason: reason.into(),
-        message: message.into(),
-    }
+    Condition::new(type_, s, reason, message, Some(gen), now)
 }
 
 /// Derives every condition from the phase, kstatus-style: Ready, Reconciling, Stalled plus the
@@ -540,7 +525,7 @@ fn cond(type_: &str, s: &str, reason: &str, message: &str, gen: i64, now: &str) 
 fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message: &str) {
     use release_condition::*;
     let g = inp.generation;
-    let now = ts(inp.now);
+    let now = format_time(inp.now);
     let phase = st.phase.unwrap_or(Phase::Pending);
     let reason = if reason.is_empty() {
         phase.as_str()

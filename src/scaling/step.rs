@@ -39,6 +39,7 @@ use crate::api::{
     condition_type, find_condition, set_condition, status as cstatus, Condition, ScaledWorkerSpec,
     ScaledWorkerStatus, TriggerStatus,
 };
+use crate::api::{format_time, parse_time};
 
 /// Kind-specific condition types of a ScaledWorker.
 pub mod condition {
@@ -129,17 +130,6 @@ pub struct StepOutput {
 /// The polling interval of a spec (at least one second).
 pub fn polling_interval(spec: &ScaledWorkerSpec) -> Duration {
     Duration::from_secs(spec.polling_interval_seconds.max(1) as u64)
-}
-
-/// RFC 3339 with second precision, as `metav1.Time` serialises.
-pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// Parses an RFC 3339 time of the status; None when absent or malformed.
-pub fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn clip(s: &str) -> String {
@@ -254,13 +244,8 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
             )
         })
         .collect();
-    let mk = |type_: &str, status: &str, reason: &str, message: String| Condition {
-        type_: type_.into(),
-        status: status.into(),
-        observed_generation: g,
-        last_transition_time: now_s.clone(),
-        reason: reason.into(),
-        message: clip(&message),
+    let mk = |type_: &str, status: &str, reason: &str, message: String| {
+        Condition::new(type_, status, reason, clip(&message), g, now_s.clone())
     };
     let conds = &mut st.conditions;
     let (ready, ready_reason, ready_msg, reconciling, stalled) = match &input.target {

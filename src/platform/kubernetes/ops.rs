@@ -11,23 +11,19 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::NamespaceResourceScope;
+use kube::api::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::render::{self, Target};
+use super::render::{self, Target, LABEL_RELEASE};
 use crate::api::ServiceStatus;
 use crate::release::machine::{MigrationObserved, RolloutObserved};
 use crate::release::plan::{ReplicaPolicy, RevisionPlan};
 
-/// Field manager of every write.
-pub const MANAGER: &str = "slipway";
-/// Annotation carrying the hash of the rendered plan of an object.
-pub const PLAN_HASH: &str = "slipway.dev/plan-hash";
-/// Label on everything a Release created.
-pub const RELEASE_LABEL: &str = "slipway.dev/release";
+pub use crate::FIELD_MANAGER as MANAGER;
 
 /// The Kubernetes platform for one Release in one target namespace.
 pub struct KubernetesPlatform {
@@ -68,6 +64,14 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<bool, kube:
     }))
     .expect("a namespace literal");
     create_if_absent(&api, &ns).await
+}
+
+/// True when the live object carries the plan hash the desired one was rendered with.
+fn same_plan(live: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    matches!(
+        (render::observed_plan_hash(live), render::observed_plan_hash(desired)),
+        (Some(a), Some(b)) if a == b
+    )
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -164,14 +168,22 @@ impl KubernetesPlatform {
     {
         let api: Api<K> = self.api();
         let name = obj.name_any();
-        let want = obj.annotations().get(PLAN_HASH).cloned();
         if let Some(live) = api.get_opt(&name).await? {
-            if want.is_some() && live.annotations().get(PLAN_HASH) == want.as_ref() {
+            if same_plan(live.meta(), obj.meta()) {
                 return Ok(false);
             }
         }
         self.patch_apply(obj).await?;
         Ok(true)
+    }
+
+    /// Applies a Deployment unless the one in the cache (or API) already runs its plan.
+    async fn apply_deployment_if_changed(&self, d: &Deployment) -> Result<(), kube::Error> {
+        let live = self.deployment(&d.name_any()).await?;
+        if !live.is_some_and(|l| same_plan(l.meta(), d.meta())) {
+            self.patch_apply(d).await?;
+        }
+        Ok(())
     }
 
     /// Server-side apply of one object.
@@ -205,7 +217,7 @@ impl KubernetesPlatform {
     {
         let api: Api<K> = self.api();
         let list = api
-            .list_metadata(&ListParams::default().labels(&format!("{RELEASE_LABEL}={release}")))
+            .list_metadata(&ListParams::default().labels(&format!("{LABEL_RELEASE}={release}")))
             .await?;
         for o in list.items {
             let name = o.name_any();
@@ -232,14 +244,7 @@ impl KubernetesPlatform {
         if !full {
             for svc in &plan.services {
                 let d = render::deployment(plan, svc, &self.target, progress_deadline_seconds);
-                let live = self.deployment(&d.name_any()).await?;
-                let same = live.as_ref().is_some_and(|l| {
-                    l.annotations().get(PLAN_HASH).is_some()
-                        && l.annotations().get(PLAN_HASH) == d.annotations().get(PLAN_HASH)
-                });
-                if !same {
-                    self.patch_apply(&d).await?;
-                }
+                self.apply_deployment_if_changed(&d).await?;
             }
             return Ok(());
         }
@@ -252,13 +257,7 @@ impl KubernetesPlatform {
         for svc in &plan.services {
             let d = render::deployment(plan, svc, t, progress_deadline_seconds);
             deployments.insert(d.name_any());
-            let live = self.deployment(&d.name_any()).await?;
-            if live.as_ref().and_then(|l| l.annotations().get(PLAN_HASH))
-                != d.annotations().get(PLAN_HASH)
-                || live.is_none()
-            {
-                self.patch_apply(&d).await?;
-            }
+            self.apply_deployment_if_changed(&d).await?;
             if let Some(s) = render::service(plan, svc, t) {
                 services.insert(s.name_any());
                 self.apply_if_changed(&s).await?;
@@ -313,7 +312,7 @@ impl KubernetesPlatform {
                 });
                 continue;
             };
-            let same_plan = d.annotations().get(PLAN_HASH) == want.annotations().get(PLAN_HASH);
+            let same_plan = same_plan(d.meta(), want.meta());
             let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let st = d.status.clone().unwrap_or_default();
             let observed =
@@ -436,7 +435,7 @@ impl KubernetesPlatform {
         let cr: ControllerRevision = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
-                "labels": { RELEASE_LABEL: plan.release, "app.kubernetes.io/managed-by": "slipway" },
+                "labels": { LABEL_RELEASE: plan.release, "app.kubernetes.io/managed-by": "slipway" },
                 "ownerReferences": [self.target.owner],
             },
             "revision": plan.revision,
@@ -473,7 +472,7 @@ impl KubernetesPlatform {
     ) -> Result<(), kube::Error> {
         let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), release_namespace);
         let mut list = api
-            .list(&ListParams::default().labels(&format!("{RELEASE_LABEL}={release}")))
+            .list(&ListParams::default().labels(&format!("{LABEL_RELEASE}={release}")))
             .await?
             .items;
         if list.len() <= keep {
