@@ -23,6 +23,12 @@ use slipway::api::{Environment, Release};
 const RELEASES: usize = 200;
 const SERVICES: usize = 3;
 const CONCURRENCY: usize = 50;
+const WRITES: [&str; 4] = [
+    "verb=\"POST\"",
+    "verb=\"PUT\"",
+    "verb=\"PATCH\"",
+    "verb=\"DELETE\"",
+];
 
 fn job(i: usize) -> Job {
     serde_json::from_value(json!({
@@ -111,41 +117,6 @@ fn release(i: usize) -> Release {
     .unwrap()
 }
 
-fn proc_stats(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    (hwm_kib / 1024.0, cpu / ticks)
-}
-
-async fn metric(op: &Operator, prefix: &str, verbs: &[&str]) -> u64 {
-    let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter(|l| verbs.is_empty() || verbs.iter().any(|v| l.contains(&format!("\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::main]
 async fn main() {
     let client = client_with_crds().await;
@@ -218,14 +189,10 @@ async fn main() {
 
     // 200 no-op reconciles: touch an annotation on every converged Release.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes_before = metric(
-        &op,
-        "slipway_api_requests_total{",
-        &["POST", "PUT", "PATCH", "DELETE"],
-    )
-    .await;
-    let reconciles_before =
-        metric(&op, "slipway_reconciliations_total{kind=\"Release\"}", &[]).await;
+    let writes_before = op.metric("slipway_api_requests_total{", &WRITES).await;
+    let reconciles_before = op
+        .metric("slipway_reconciliations_total{kind=\"Release\"}", &[])
+        .await;
     stream::iter(0..RELEASES)
         .for_each_concurrent(CONCURRENCY, |i| {
             let rels = rels.clone();
@@ -242,18 +209,13 @@ async fn main() {
         })
         .await;
     wait_until("200 reconciles", Duration::from_secs(120), async || {
-        metric(&op, "slipway_reconciliations_total{kind=\"Release\"}", &[]).await
+        op.metric("slipway_reconciliations_total{kind=\"Release\"}", &[])
+            .await
             >= reconciles_before + RELEASES as u64
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let noop_writes = metric(
-        &op,
-        "slipway_api_requests_total{",
-        &["POST", "PUT", "PATCH", "DELETE"],
-    )
-    .await
-        - writes_before;
+    let noop_writes = op.metric("slipway_api_requests_total{", &WRITES).await - writes_before;
     let (rss_mib_end, cpu_s_end) = proc_stats(op.child.id());
 
     println!("| figure | value |");

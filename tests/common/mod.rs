@@ -305,3 +305,44 @@ pub async fn release_finalizers(client: &Client, namespace: Option<&str>) {
         }
     }
 }
+
+impl Operator {
+    /// Sum of the operator's `/metrics` lines that start with `prefix` and contain any of
+    /// `labels` (all lines when empty); 0 when `/metrics` does not answer.
+    pub async fn metric(&self, prefix: &str, labels: &[&str]) -> u64 {
+        let Some((_, body)) = http_get(self.admin, "/metrics").await else {
+            return 0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter(|l| labels.is_empty() || labels.iter().any(|v| l.contains(v)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Peak RSS (MiB) and CPU seconds (user + system) of a process, from /proc.
+pub fn proc_stats(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    (hwm_kib / 1024.0, ticks / 100.0) // USER_HZ is 100 on Linux
+}
