@@ -8,6 +8,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,9 +18,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use slipway::api::{Environment, Release};
+use tokio::task::JoinHandle;
 
 const RELEASES: usize = 200;
 const SERVICES: usize = 3;
@@ -59,10 +63,11 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -
 }
 
 /// Creates the same Jobs, then Deployments, directly; returns seconds until all are done.
-async fn baseline(client: &Client, ns: &str) -> f64 {
+async fn baseline(client: &Client, ns: &str) -> (f64, Shared, Vec<JoinHandle<()>>) {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let t0 = Instant::now();
+    let (tl, tasks) = watch_timeline(client, ns, t0);
     stream::iter(0..RELEASES)
         .for_each_concurrent(CONCURRENCY, |i| {
             let jobs = jobs.clone();
@@ -101,7 +106,177 @@ async fn baseline(client: &Client, ns: &str) -> f64 {
         },
     )
     .await;
-    t0.elapsed().as_secs_f64()
+    (t0.elapsed().as_secs_f64(), tl, tasks)
+}
+
+/// When each milestone of each app was first seen by a watch, in seconds since `t0`: where the
+/// time goes, for the baseline and the operator alike (both name objects "app{i}-...").
+#[derive(Default)]
+struct Timeline {
+    job_created: HashMap<String, f64>,
+    job_succeeded: HashMap<String, f64>,
+    deployments_created: HashMap<String, f64>,
+    available: HashMap<String, HashMap<String, f64>>,
+    ready: HashMap<String, f64>,
+}
+
+fn app_of(name: &str) -> String {
+    name.split('-').next().unwrap_or(name).to_string()
+}
+
+type Shared = Arc<Mutex<Timeline>>;
+
+fn record(map: &mut HashMap<String, f64>, app: String, t: f64) {
+    map.entry(app).or_insert(t);
+}
+
+/// Starts watches on Jobs, Deployments and (for the operator) Releases in `ns`.
+fn watch_timeline(client: &Client, ns: &str, t0: Instant) -> (Shared, Vec<JoinHandle<()>>) {
+    let tl: Shared = Arc::default();
+    let mut tasks = Vec::new();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let t = tl.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut s = watcher(jobs, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(j)) = s.next().await {
+            let now = t0.elapsed().as_secs_f64();
+            let app = app_of(&j.name_any());
+            let mut tl = t.lock().unwrap();
+            record(&mut tl.job_created, app.clone(), now);
+            if j.status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+                record(&mut tl.job_succeeded, app, now);
+            }
+        }
+    }));
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let t = tl.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut s = watcher(deps, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(d)) = s.next().await {
+            let now = t0.elapsed().as_secs_f64();
+            let name = d.name_any();
+            let app = app_of(&name);
+            let mut tl = t.lock().unwrap();
+            record(&mut tl.deployments_created, app.clone(), now);
+            let avail = d.status.and_then(|s| s.available_replicas).unwrap_or(0) >= 1;
+            if avail {
+                tl.available
+                    .entry(app)
+                    .or_default()
+                    .entry(name)
+                    .or_insert(now);
+            }
+        }
+    }));
+    let rels: Api<Release> = Api::namespaced(client.clone(), ns);
+    let t = tl.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut s = watcher(rels, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(r)) = s.next().await {
+            let ready = r.status.as_ref().is_some_and(|s| {
+                s.observed_generation == r.metadata.generation
+                    && slipway::api::find_condition(&s.conditions, "Ready")
+                        .is_some_and(|c| c.status == "True")
+            });
+            if ready {
+                let now = t0.elapsed().as_secs_f64();
+                record(&mut t.lock().unwrap().ready, r.name_any(), now);
+            }
+        }
+    }));
+    (tl, tasks)
+}
+
+/// One line per milestone: median and last, in seconds since the first create.
+fn print_timeline(label: &str, tl: &Timeline) {
+    let all_available: HashMap<String, f64> = tl
+        .available
+        .iter()
+        .filter(|(_, m)| m.len() == SERVICES)
+        .map(|(app, m)| (app.clone(), m.values().cloned().fold(0.0, f64::max)))
+        .collect();
+    let rows: [(&str, &HashMap<String, f64>); 5] = [
+        ("migration Job created", &tl.job_created),
+        ("migration Job succeeded", &tl.job_succeeded),
+        ("first Deployment created", &tl.deployments_created),
+        ("all 3 Deployments available", &all_available),
+        ("Release Ready", &tl.ready),
+    ];
+    for (what, m) in rows {
+        if m.is_empty() {
+            continue;
+        }
+        let mut v: Vec<f64> = m.values().cloned().collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "| {label}: {what} | {:.1} | {:.1} | {} |",
+            v[v.len() / 2],
+            v[v.len() - 1],
+            v.len()
+        );
+    }
+}
+
+/// CPU seconds used so far by each control-plane process of this plane (matched by the state
+/// directory on its command line when `TESTENV_STATE` is set), by component name.
+fn control_plane_cpu() -> Vec<(String, f64)> {
+    const NAMES: [&str; 5] = [
+        "kube-apiserver",
+        "etcd",
+        "kube-controller",
+        "kube-scheduler",
+        "kwok",
+    ];
+    let state = std::env::var("TESTENV_STATE").unwrap_or_default();
+    let mut out: Vec<(String, f64)> = NAMES.iter().map(|n| (n.to_string(), 0.0)).collect();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !state.is_empty() && !cmdline.contains(&state) {
+            continue;
+        }
+        if let Some(slot) = out
+            .iter_mut()
+            .find(|(n, _)| comm.trim().starts_with(n.as_str()))
+        {
+            slot.1 += proc_stats(pid).1;
+        }
+    }
+    out
+}
+
+fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> String {
+    let parts: Vec<String> = after
+        .iter()
+        .zip(before)
+        .map(|((n, a), (_, b))| format!("{n} {:.1}", a - b))
+        .collect();
+    let total: f64 =
+        after.iter().map(|x| x.1).sum::<f64>() - before.iter().map(|x| x.1).sum::<f64>();
+    format!("{total:.1} ({})", parts.join(", "))
+}
+
+/// With `SLIPWAY_BENCH_PPROF=<dir>`, records a 20 s CPU profile of the API server into
+/// `<dir>/<label>.pprof` (read it with `go tool pprof -top`), to see what the load costs.
+fn profile_apiserver(label: &str) -> Option<std::process::Child> {
+    let dir = std::env::var("SLIPWAY_BENCH_PPROF").ok()?;
+    std::fs::create_dir_all(&dir).ok()?;
+    let out = std::fs::File::create(format!("{dir}/{label}.pprof")).ok()?;
+    std::process::Command::new("kubectl")
+        .args(["get", "--raw", "/debug/pprof/profile?seconds=20"])
+        .stdout(out)
+        .spawn()
+        .map_err(|e| eprintln!("cannot profile the API server: kubectl: {e}"))
+        .ok()
 }
 
 fn release(i: usize) -> Release {
@@ -130,7 +305,15 @@ async fn main() {
     );
 
     let base_ns = TestNamespace::new(&client, "bench-base").await;
-    let t_base = baseline(&client, &base_ns.name).await;
+    let cpu0 = control_plane_cpu();
+    let mut prof = profile_apiserver("baseline");
+    let (t_base, base_tl, base_tasks) = baseline(&client, &base_ns.name).await;
+    let base_cpu = cpu_delta(&cpu0, &control_plane_cpu());
+    if let Some(p) = prof.as_mut() {
+        let _ = p.wait();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    base_tasks.iter().for_each(|t| t.abort());
     eprintln!("baseline (Jobs then Deployments created directly): {t_base:.1}s");
     let name = base_ns.name.clone();
     drop(base_ns);
@@ -158,7 +341,10 @@ async fn main() {
     .unwrap();
     envs.create(&PostParams::default(), &env).await.unwrap();
     let rels: Api<Release> = Api::namespaced(client.clone(), &ns.name);
+    let cpu0 = control_plane_cpu();
+    let mut prof = profile_apiserver("operator");
     let t0 = Instant::now();
+    let (op_tl, op_tasks) = watch_timeline(&client, &ns.name, t0);
     stream::iter(0..RELEASES)
         .for_each_concurrent(CONCURRENCY, |i| {
             let rels = rels.clone();
@@ -186,6 +372,12 @@ async fn main() {
     .await;
     let t_op = t0.elapsed().as_secs_f64();
     let (rss_mib, cpu_s) = proc_stats(op.child.id());
+    let op_cpu = cpu_delta(&cpu0, &control_plane_cpu());
+    if let Some(p) = prof.as_mut() {
+        let _ = p.wait();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    op_tasks.iter().for_each(|t| t.abort());
 
     // 200 no-op reconciles: touch an annotation on every converged Release.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -230,6 +422,23 @@ async fn main() {
     );
     println!("| operator CPU seconds until all Ready | {cpu_s:.1} (after the no-op round: {cpu_s_end:.1}) |");
     println!("| write requests during {RELEASES} no-op reconciles | {noop_writes} |");
+    println!("| control-plane CPU seconds, baseline | {base_cpu} |");
+    println!("| control-plane CPU seconds, operator run | {op_cpu} |");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    let mut by_reason: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in events.list(&ListParams::default()).await.unwrap().items {
+        *by_reason.entry(e.reason.unwrap_or_default()).or_default() += 1;
+    }
+    println!();
+    println!("Events recorded on the Releases, by reason: {by_reason:?}");
+    println!();
+    println!("Where the time goes: when watches first saw each milestone, seconds after the first create.");
+    println!();
+    println!("| milestone | median | last | apps |");
+    println!("| --- | --- | --- | --- |");
+    print_timeline("baseline", &base_tl.lock().unwrap());
+    print_timeline("operator", &op_tl.lock().unwrap());
     let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
     let mut requests: Vec<(u64, String)> = body
         .lines()

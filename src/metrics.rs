@@ -62,6 +62,8 @@ pub struct Metrics {
     pub reconciliations: Family<KindLabels, Counter>,
     pub failures: Family<ErrorLabels, Counter>,
     pub status_writes: Family<KindLabels, Counter>,
+    /// Reconciles that found a cached copy older than the process's own last write.
+    pub stale_reads: Family<KindLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
     pub ready: Gauge,
     /// Every request the operator sends to the API server, by HTTP method.
@@ -74,6 +76,7 @@ impl Default for Metrics {
             reconciliations: Family::default(),
             failures: Family::default(),
             status_writes: Family::default(),
+            stale_reads: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
             }),
@@ -101,6 +104,11 @@ impl Metrics {
             "status_writes",
             "Status patches sent to the API server",
             self.status_writes.clone(),
+        );
+        r.register(
+            "stale_reads",
+            "Reconciles that waited for the watch to show the process's own last write",
+            self.stale_reads.clone(),
         );
         r.register(
             "reconcile_duration_seconds",

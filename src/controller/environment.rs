@@ -124,6 +124,10 @@ pub async fn reconcile(
     let ctx = &ectx.base;
     let started = Instant::now();
     let labels = Metrics::kind("Environment");
+    if ctx.written.is_stale(env.as_ref()) {
+        ctx.metrics.stale_reads.get_or_create(&labels).inc();
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
     let ns = env.namespace().ok_or_else(|| Error::MissingNamespace {
         kind: "Environment",

@@ -5,6 +5,7 @@
 //! differs from what the API server already holds, so a no-op reconcile sends no write.
 
 pub mod environment;
+pub mod freshness;
 pub mod release;
 pub mod scaled_worker;
 mod status;
@@ -37,6 +38,8 @@ pub struct Context {
     pub namespace: Option<String>,
     /// ScaledWorker polling: the shared trigger-source connections and per-object timers.
     pub scaling: Arc<scaled_worker::Scaling>,
+    /// Versions this process wrote that the watch caches may not show yet.
+    pub written: Arc<freshness::WrittenVersions>,
 }
 
 impl Context {
@@ -199,6 +202,7 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
         scaling: Arc::new(
             scaled_worker::Scaling::new().context("setting up the trigger-source connections")?,
         ),
+        written: Arc::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

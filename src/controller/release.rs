@@ -137,6 +137,12 @@ pub async fn reconcile(rel: Arc<Release>, rctx: Arc<ReleaseContext>) -> Result<R
         kind: "Release",
         name: rel.name_any(),
     })?;
+    // A copy older than our own last write would repeat what that write recorded; the watch
+    // brings the newer one in a moment and wakes this Release again.
+    if ctx.written.is_stale(rel.as_ref()) {
+        ctx.metrics.stale_reads.get_or_create(&labels).inc();
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
     let result = with_finalizer(rel, &ns, ctx, &rctx).await;
     ctx.metrics
         .duration
@@ -173,17 +179,20 @@ async fn with_finalizer(
             )
             .await?;
         }
+        ctx.written.forget(rel.as_ref());
         return Ok(Requeue::await_change());
     }
     if !has {
         let mut list = rel.finalizers().to_vec();
         list.push(FINALIZER.to_string());
-        api.patch(
-            &rel.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch_finalizers(list)),
-        )
-        .await?;
+        let written = api
+            .patch(
+                &rel.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch_finalizers(list)),
+            )
+            .await?;
+        ctx.written.record(&written);
     }
     apply(rel, ctx, caches).await
 }

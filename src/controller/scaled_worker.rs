@@ -140,8 +140,14 @@ pub async fn reconcile(obj: Arc<ScaledWorker>, ctx: Arc<Context>) -> Result<Acti
     {
         return Ok(Action::requeue(wait));
     }
-    let started = Instant::now();
     let labels = Metrics::kind("ScaledWorker");
+    // An older copy than our last status write would count the same failed read twice or
+    // restart a cooldown: wait for the watch to bring the newer one.
+    if ctx.written.is_stale(obj.as_ref()) {
+        ctx.metrics.stale_reads.get_or_create(&labels).inc();
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let started = Instant::now();
     ctx.metrics.reconciliations.get_or_create(&labels).inc();
     let result = poll(&obj, uid, &ctx, started).await;
     ctx.metrics

@@ -87,12 +87,14 @@ pub async fn write_status<K: StatusObject>(
         "kind": K::kind(&()),
         "status": new,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.written.record(&written);
     ctx.metrics
         .status_writes
         .get_or_create(&crate::metrics::Metrics::kind(&K::kind(&())))
