@@ -1,5 +1,6 @@
 //! `make bench-release`: 200 Releases of 3 services each, created at once against the local
-//! control plane, compared with creating the same Jobs and Deployments directly.
+//! control plane, compared with creating the same Jobs and Deployments directly (rendered by
+//! the operator's own code, created with plain POSTs, waited for with watches).
 //!
 //! Prints: seconds until all Releases are Ready, the operator's peak RSS and CPU seconds, the
 //! write requests made by 200 no-op reconciles, and the baseline and ratio. Figures, not
@@ -19,9 +20,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use slipway::api::{Environment, Release};
+use slipway::platform::kubernetes::render;
 use tokio::task::JoinHandle;
 
 const RELEASES: usize = 200;
@@ -34,22 +36,38 @@ const WRITES: [&str; 4] = [
     "verb=\"DELETE\"",
 ];
 
-fn job(i: usize) -> Job {
-    serde_json::from_value(json!({
-        "metadata": { "name": format!("app{i}-migrate") },
-        "spec": { "backoffLimit": 0, "template": { "spec": { "restartPolicy": "Never",
-            "containers": [ { "name": "migrate", "image": format!("example.test/m:{i}") } ] } } }
-    }))
-    .unwrap()
+/// The migration Job and Deployments the operator renders for Release `i` (the same objects,
+/// through the same rendering code), without owner references: nothing owns them here.
+fn rendered(i: usize, ns: &str) -> (Job, Vec<Deployment>) {
+    let mut rel = release(i);
+    rel.metadata.namespace = Some(ns.to_string());
+    rel.metadata.uid = Some(format!("bench-{i}"));
+    rel.metadata.generation = Some(1);
+    let env = environment(ns);
+    let plan = slipway::release::plan::resolve(&rel, &env, &[]).expect("a valid bench Release");
+    let target = render::Target {
+        namespace: ns.to_string(),
+        owner: rel.controller_owner_ref(&()).unwrap(),
+    };
+    let mut job = render::migration_job(&plan, plan.migration.as_ref().unwrap(), &target, "");
+    job.metadata.owner_references = None;
+    let deployments = plan
+        .services
+        .iter()
+        .map(|svc| {
+            let mut d = render::deployment(&plan, svc, &target, 600);
+            d.metadata.owner_references = None;
+            d
+        })
+        .collect();
+    (job, deployments)
 }
 
-fn deployment(i: usize, s: usize) -> Deployment {
-    let name = format!("app{i}-svc{s}");
+fn environment(ns: &str) -> Environment {
     serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": { "replicas": 1, "selector": { "matchLabels": { "app": name } },
-            "template": { "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [ { "name": "svc", "image": format!("example.test/svc{s}:{i}") } ] } } }
+        "apiVersion": "slipway.dev/v1alpha1", "kind": "Environment",
+        "metadata": { "name": "bench", "namespace": ns },
+        "spec": { "platform": { "kubernetes": {} } }
     }))
     .unwrap()
 }
@@ -58,7 +76,7 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -
     let deadline = Instant::now() + timeout;
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -72,20 +90,17 @@ async fn baseline(client: &Client, ns: &str) -> (f64, Shared, Vec<JoinHandle<()>
         .for_each_concurrent(CONCURRENCY, |i| {
             let jobs = jobs.clone();
             let deps = deps.clone();
+            let tl = tl.clone();
             async move {
-                jobs.create(&PostParams::default(), &job(i)).await.unwrap();
-                let name = format!("app{i}-migrate");
-                loop {
-                    let j = jobs.get(&name).await.unwrap();
-                    if j.status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                let (job, deployments) = rendered(i, jobs.namespace().unwrap());
+                jobs.create(&PostParams::default(), &job).await.unwrap();
+                // Like `kubectl wait`: the watch tells when the Job succeeded.
+                let app = format!("app{i}");
+                while !tl.lock().unwrap().job_succeeded.contains_key(&app) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                for s in 0..SERVICES {
-                    deps.create(&PostParams::default(), &deployment(i, s))
-                        .await
-                        .unwrap();
+                for d in &deployments {
+                    deps.create(&PostParams::default(), d).await.unwrap();
                 }
             }
         })
@@ -94,15 +109,12 @@ async fn baseline(client: &Client, ns: &str) -> (f64, Shared, Vec<JoinHandle<()>
         "baseline Deployments available",
         Duration::from_secs(600),
         async || {
-            let l = deps.list(&ListParams::default()).await.unwrap();
-            l.items.len() == RELEASES * SERVICES
-                && l.items.iter().all(|d| {
-                    d.status
-                        .as_ref()
-                        .and_then(|s| s.available_replicas)
-                        .unwrap_or(0)
-                        >= 1
-                })
+            let tl = tl.lock().unwrap();
+            tl.available
+                .values()
+                .filter(|m| m.len() == SERVICES)
+                .count()
+                == RELEASES
         },
     )
     .await;
@@ -279,6 +291,64 @@ fn profile_apiserver(label: &str) -> Option<std::process::Child> {
         .ok()
 }
 
+/// The API server's own request counters (`apiserver_request_total`), summed by verb,
+/// resource and subresource, plus watch events sent by kind: everything the control plane
+/// served, whoever asked.
+async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET request");
+    let text = client.request_text(req).await.unwrap_or_default();
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for line in text.lines() {
+        let (metric, rest) = match line.split_once('{') {
+            Some(x) => x,
+            None => continue,
+        };
+        if metric != "apiserver_request_total" && metric != "apiserver_watch_events_total" {
+            continue;
+        }
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let get = |k: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let key = if metric == "apiserver_watch_events_total" {
+            format!("watch events {}", get("kind"))
+        } else {
+            let sub = get("subresource");
+            format!(
+                "{} {}{}",
+                get("verb"),
+                get("resource"),
+                if sub.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{sub}")
+                }
+            )
+        };
+        *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+fn requests_delta(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) -> HashMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v >= 1.0)
+        .collect()
+}
+
 fn release(i: usize) -> Release {
     let services: Vec<_> = (0..SERVICES)
         .map(|s| json!({ "name": format!("svc{s}"), "image": format!("example.test/svc{s}:{i}") }))
@@ -306,9 +376,11 @@ async fn main() {
 
     let base_ns = TestNamespace::new(&client, "bench-base").await;
     let cpu0 = control_plane_cpu();
+    let req0 = apiserver_requests(&client).await;
     let mut prof = profile_apiserver("baseline");
     let (t_base, base_tl, base_tasks) = baseline(&client, &base_ns.name).await;
     let base_cpu = cpu_delta(&cpu0, &control_plane_cpu());
+    let base_req = requests_delta(&req0, &apiserver_requests(&client).await);
     if let Some(p) = prof.as_mut() {
         let _ = p.wait();
     }
@@ -334,14 +406,12 @@ async fn main() {
     )
     .await;
     let envs: Api<Environment> = Api::namespaced(client.clone(), &ns.name);
-    let env: Environment = serde_json::from_value(json!({
-        "apiVersion": "slipway.dev/v1alpha1", "kind": "Environment", "metadata": { "name": "bench" },
-        "spec": { "platform": { "kubernetes": {} } }
-    }))
-    .unwrap();
-    envs.create(&PostParams::default(), &env).await.unwrap();
+    envs.create(&PostParams::default(), &environment(&ns.name))
+        .await
+        .unwrap();
     let rels: Api<Release> = Api::namespaced(client.clone(), &ns.name);
     let cpu0 = control_plane_cpu();
+    let req0 = apiserver_requests(&client).await;
     let mut prof = profile_apiserver("operator");
     let t0 = Instant::now();
     let (op_tl, op_tasks) = watch_timeline(&client, &ns.name, t0);
@@ -355,24 +425,15 @@ async fn main() {
             }
         })
         .await;
+    // The watch in `op_tl` records each Release the moment it is Ready for its generation.
     wait_until("all Releases Ready", Duration::from_secs(900), async || {
-        let l = rels.list(&ListParams::default()).await.unwrap();
-        l.items
-            .iter()
-            .filter(|r| {
-                r.status.as_ref().is_some_and(|s| {
-                    s.observed_generation == r.metadata.generation
-                        && slipway::api::find_condition(&s.conditions, "Ready")
-                            .is_some_and(|c| c.status == "True")
-                })
-            })
-            .count()
-            == RELEASES
+        op_tl.lock().unwrap().ready.len() == RELEASES
     })
     .await;
     let t_op = t0.elapsed().as_secs_f64();
     let (rss_mib, cpu_s) = proc_stats(op.child.id());
     let op_cpu = cpu_delta(&cpu0, &control_plane_cpu());
+    let op_req = requests_delta(&req0, &apiserver_requests(&client).await);
     if let Some(p) = prof.as_mut() {
         let _ = p.wait();
     }
@@ -439,6 +500,34 @@ async fn main() {
     println!("| --- | --- | --- | --- |");
     print_timeline("baseline", &base_tl.lock().unwrap());
     print_timeline("operator", &op_tl.lock().unwrap());
+    println!();
+    println!("Requests the API server served (everyone: controllers, kwok, scheduler, operator, this bench), largest first:");
+    println!();
+    println!("| request | baseline | operator run |");
+    println!("| --- | --- | --- |");
+    let mut keys: Vec<&String> = base_req.keys().chain(op_req.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let n = |m: &HashMap<String, f64>, k: &String| m.get(k).copied().unwrap_or(0.0);
+    keys.sort_by(|a, b| {
+        (n(&op_req, b) + n(&base_req, b))
+            .partial_cmp(&(n(&op_req, a) + n(&base_req, a)))
+            .unwrap()
+    });
+    let total = |m: &HashMap<String, f64>| {
+        m.iter()
+            .filter(|(k, _)| !k.starts_with("watch events"))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    println!(
+        "| all requests | {:.0} | {:.0} |",
+        total(&base_req),
+        total(&op_req)
+    );
+    for k in keys.iter().take(25) {
+        println!("| {k} | {:.0} | {:.0} |", n(&base_req, k), n(&op_req, k));
+    }
     let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
     let mut requests: Vec<(u64, String)> = body
         .lines()

@@ -73,6 +73,12 @@ async fn environment_prepares_its_namespace_and_lists_its_releases() {
         .await
         .unwrap();
     assert!(d.metadata.owner_references.unwrap_or_default().is_empty());
+    // Owner references cannot reach across namespaces, so this Release holds a finalizer.
+    let rel = rels.get("shop").await.unwrap();
+    assert_eq!(
+        rel.metadata.finalizers.unwrap_or_default(),
+        vec!["slipway.dev/cleanup".to_string()]
+    );
 
     // Deleting the Release cleans up the other namespace too (finalizer, by label).
     rels.delete("shop", &DeleteParams::default()).await.unwrap();

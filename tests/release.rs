@@ -308,12 +308,18 @@ async fn happy_path_runs_the_migration_before_any_deployment_changes() {
         .iter()
         .filter_map(|e| e.reason.clone())
         .collect();
-    for r in [
-        "MigrationStarted",
-        "MigrationSucceeded",
-        "RollingOut",
-        "Succeeded",
-    ] {
+    // The migration's success and the rollout it unblocks share one Event (RollingOut).
+    let rolling_out = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("RollingOut"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(
+        rolling_out.contains("succeeded") && rolling_out.contains("rolling out"),
+        "RollingOut Event note: {rolling_out:?}"
+    );
+    for r in ["MigrationStarted", "RollingOut", "Succeeded"] {
         // Exactly one: a reconcile that read an older copy than its own last write would
         // record the step again.
         assert_eq!(
@@ -759,6 +765,13 @@ async fn deleting_a_release_removes_what_it_created_and_removed_services_are_del
     f.release("shop", spec("v1", None, None)).await;
     f.phase("shop", Phase::Succeeded, Duration::from_secs(90))
         .await;
+    // Everything is in the Release's namespace with an owner reference: the garbage collector
+    // cleans up, and no finalizer holds up the Release's (or its namespace's) deletion.
+    let rel = f.releases().get("shop").await.unwrap();
+    assert!(
+        rel.metadata.finalizers.unwrap_or_default().is_empty(),
+        "no finalizer expected for a same-namespace Release"
+    );
     assert!(f
         .deployments()
         .get_opt("shop-worker")
@@ -805,25 +818,21 @@ async fn deleting_a_release_removes_what_it_created_and_removed_services_are_del
                 .list(&ListParams::default().labels("slipway.dev/release=shop"))
                 .await
                 .ok()?;
+            let s = Api::<Service>::namespaced(f.client.clone(), &f.ns.name)
+                .list(&ListParams::default().labels("slipway.dev/release=shop"))
+                .await
+                .ok()?;
             let live = d
                 .items
                 .iter()
-                .filter(|d| d.metadata.deletion_timestamp.is_none())
+                .map(|d| &d.metadata)
+                .chain(s.items.iter().map(|s| &s.metadata))
+                .filter(|m| m.deletion_timestamp.is_none())
                 .count();
             (r.is_none() && live == 0).then_some(())
         },
     )
     .await;
-    let svcs = Api::<Service>::namespaced(f.client.clone(), &f.ns.name)
-        .list(&ListParams::default().labels("slipway.dev/release=shop"))
-        .await
-        .unwrap();
-    assert!(
-        svcs.items
-            .iter()
-            .all(|s| s.metadata.deletion_timestamp.is_some()),
-        "Services left behind"
-    );
 }
 
 /// Labels of the operator's write requests in `slipway_api_requests_total`.

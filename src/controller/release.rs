@@ -151,7 +151,8 @@ pub async fn reconcile(rel: Arc<Release>, rctx: Arc<ReleaseContext>) -> Result<R
     result
 }
 
-/// Adds our finalizer before anything is created, and on deletion cleans up, then removes it.
+/// Adds our finalizer before anything is created where owner references cannot reach, and on
+/// deletion cleans up, then removes it.
 /// Merge patches carry the resourceVersion, so a concurrent change makes them fail (409) and
 /// the reconcile retries with fresh data instead of overwriting someone else's finalizers.
 async fn with_finalizer(
@@ -182,7 +183,14 @@ async fn with_finalizer(
         ctx.written.forget(rel.as_ref());
         return Ok(Requeue::await_change());
     }
-    if !has {
+    // Owner references let the garbage collector remove what a Release created in its own
+    // namespace; only workloads elsewhere (another namespace, later a cloud platform) need a
+    // finalizer, so most Releases never hold up their own or their namespace's deletion.
+    let needs = caches
+        .environments
+        .get(&ObjectRef::new(&rel.spec.environment).within(ns))
+        .is_some_and(|env| needs_finalizer(&env, ns));
+    if !has && needs {
         let mut list = rel.finalizers().to_vec();
         list.push(FINALIZER.to_string());
         let written = api
@@ -195,6 +203,12 @@ async fn with_finalizer(
         ctx.written.record(&written);
     }
     apply(rel, ctx, caches).await
+}
+
+/// Whether a Release in `ns` targeting `env` creates anything that owner references cannot
+/// clean up: workloads outside its namespace or off the cluster.
+fn needs_finalizer(env: &Environment, ns: &str) -> bool {
+    env.spec.platform.kubernetes.is_none() || super::environment::target_namespace(env) != ns
 }
 
 /// Where the Release's workloads go, and whether that is outside the Release's namespace.

@@ -454,10 +454,17 @@ pub fn decide(inp: &Input) -> Decision {
     if st.phase != before && !said {
         let p = st.phase.unwrap_or(Phase::Pending);
         let warning = matches!(p, Phase::Failed | Phase::RolledBack);
+        // A migration that succeeded and the rollout it unblocks make one Event, not two.
+        let mut message = message.clone();
+        if p == Phase::RollingOut {
+            if let Some(i) = events.iter().position(|e| e.reason == "MigrationSucceeded") {
+                message = format!("{}; {message}", events.remove(i).message);
+            }
+        }
         events.push(EventNote {
             warning,
             reason: p.as_str().into(),
-            message: message.clone(),
+            message,
         });
     }
     finish_conditions(&mut st, inp, &reason, &message);
@@ -716,6 +723,10 @@ mod tests {
         assert_eq!(d.status.phase, Some(Phase::RollingOut));
         assert_eq!(d.actions, vec![Action::ApplyCurrent]);
         assert_eq!(cond(&d.status, "MigrationSucceeded").status, "True");
+        // One Event says both: the migration succeeded, the rollout began.
+        assert_eq!(d.events.len(), 1, "{:?}", d.events);
+        assert_eq!(d.events[0].reason, "RollingOut");
+        assert!(d.events[0].message.contains("succeeded"), "{:?}", d.events);
         inp.rollout.available = true;
         let d = step(&mut inp);
         assert_eq!(d.status.phase, Some(Phase::Succeeded));
