@@ -56,3 +56,9 @@ kind-e2e:
 ## Benchmark: 1000 ScaledWorkers polling one Redis every 5 s.
 bench-scaling: deps
 	hack/bench scaling
+
+## Benchmark: the bench-scaling scenario with Slipway and with KEDA (built from the Go module
+## proxy by hack/keda-build) on one local control plane, printed side by side.
+.PHONY: bench-scaling-keda
+bench-scaling-keda: deps
+	hack/keda-bench
