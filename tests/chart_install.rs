@@ -109,31 +109,23 @@ impl Drop for HelmRelease {
             }
         }
         let cluster_scoped = std::mem::take(&mut self.cluster_scoped);
-        // Drop cannot await, and the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-                let client = client().await;
-                for (kind, name) in cluster_scoped {
-                    let dp = DeleteParams::background();
-                    let _ = match kind {
-                        "ClusterRole" => Api::<ClusterRole>::all(client.clone())
-                            .delete(&name, &dp)
-                            .await
-                            .map(|_| ()),
-                        _ => Api::<ClusterRoleBinding>::all(client.clone())
-                            .delete(&name, &dp)
-                            .await
-                            .map(|_| ()),
-                    };
-                }
-            });
-        })
-        .join();
+        block_on_from_drop(async move {
+            use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+            let client = client().await;
+            for (kind, name) in cluster_scoped {
+                let dp = DeleteParams::background();
+                let _ = match kind {
+                    "ClusterRole" => Api::<ClusterRole>::all(client.clone())
+                        .delete(&name, &dp)
+                        .await
+                        .map(|_| ()),
+                    _ => Api::<ClusterRoleBinding>::all(client.clone())
+                        .delete(&name, &dp)
+                        .await
+                        .map(|_| ()),
+                };
+            }
+        });
     }
 }
 

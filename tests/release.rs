@@ -18,7 +18,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::json;
 use slipway::api::{find_condition, Environment, Phase, Release};
 
@@ -26,19 +26,7 @@ const FAIL: &str = "slipway.test/fail:latest";
 const UNREADY: &str = "slipway.test/unready:latest";
 const SLOW: &str = "slipway.test/slow:latest";
 
-struct Fixture {
-    client: Client,
-    ns: TestNamespace,
-    op: Operator,
-}
-
 impl Fixture {
-    async fn new(prefix: &str) -> Fixture {
-        let client = client_with_crds().await;
-        let ns = TestNamespace::new(&client, prefix).await;
-        let op = Operator::start(&["--namespace", &ns.name]);
-        Fixture { client, ns, op }
-    }
     fn releases(&self) -> Api<Release> {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }

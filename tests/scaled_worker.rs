@@ -30,7 +30,7 @@ use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::json;
 use slipway::api::{find_condition, Environment, Phase, Release, ScaledWorker, ScaledWorkerStatus};
 
@@ -55,29 +55,7 @@ fn broker_env(name: &str) -> String {
         })
 }
 
-struct Fixture {
-    client: Client,
-    ns: TestNamespace,
-    op: Operator,
-}
-
 impl Fixture {
-    async fn new(prefix: &str) -> Fixture {
-        let client = client_with_crds().await;
-        let ns = TestNamespace::new(&client, prefix).await;
-        let op = Operator::start(&["--namespace", &ns.name]);
-        Fixture { client, ns, op }
-    }
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
     async fn deployment(&self, name: &str, replicas: i32) {
         let d: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": name },

@@ -125,25 +125,29 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop cannot await, and the test's runtime may be shutting down: delete from a
-        // thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let client = client().await;
-                let _ = Api::<Namespace>::all(client.clone())
-                    .delete(&name, &DeleteParams::background())
-                    .await;
-                // The operator that would run the Releases' cleanup finalizer may already be
-                // gone; release them so the namespace really goes away.
-                release_finalizers(&client, Some(&name)).await;
-            });
-        })
-        .join();
+        block_on_from_drop(async move {
+            let client = client().await;
+            let _ = Api::<Namespace>::all(client.clone())
+                .delete(&name, &DeleteParams::background())
+                .await;
+            // The operator that would run the Releases' cleanup finalizer may already be
+            // gone; release them so the namespace really goes away.
+            release_finalizers(&client, Some(&name)).await;
+        });
     }
+}
+
+/// Runs `work` to completion from a `Drop`: Drop cannot await, and the test's runtime may be
+/// shutting down, so it runs on a thread with a runtime of its own, joined before returning.
+pub fn block_on_from_drop(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work)
+    })
+    .join();
 }
 
 pub fn random_suffix() -> String {
@@ -345,4 +349,32 @@ pub fn proc_stats(pid: u32) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
     (hwm_kib / 1024.0, ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// A test's namespace with an operator that watches only it. Test files add their own
+/// helpers in `impl Fixture` blocks of their own.
+pub struct Fixture {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub op: Operator,
+}
+
+impl Fixture {
+    pub async fn new(prefix: &str) -> Fixture {
+        let client = client_with_crds().await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let op = Operator::start(&["--namespace", &ns.name]);
+        Fixture { client, ns, op }
+    }
+
+    /// An Api over the test namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
 }
