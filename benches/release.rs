@@ -18,7 +18,7 @@ use futures::stream::{self, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -555,5 +555,4 @@ async fn main() {
     for (n, labels) in requests.iter().take(15) {
         println!("| {n} | `{labels}` |");
     }
-    let _ = DeleteParams::default();
 }

@@ -186,10 +186,10 @@ async fn with_finalizer(
     // Owner references let the garbage collector remove what a Release created in its own
     // namespace; only workloads elsewhere (another namespace, later a cloud platform) need a
     // finalizer, so most Releases never hold up their own or their namespace's deletion.
-    let needs = caches
+    let env = caches
         .environments
-        .get(&ObjectRef::new(&rel.spec.environment).within(ns))
-        .is_some_and(|env| needs_finalizer(&env, ns));
+        .get(&ObjectRef::new(&rel.spec.environment).within(ns));
+    let needs = env.as_deref().is_some_and(|env| needs_finalizer(env, ns));
     if !has && needs {
         let mut list = rel.finalizers().to_vec();
         list.push(FINALIZER.to_string());
@@ -202,7 +202,7 @@ async fn with_finalizer(
             .await?;
         ctx.written.record(&written);
     }
-    apply(rel, ctx, caches).await
+    apply(rel, env, ctx, caches).await
 }
 
 /// Whether a Release in `ns` targeting `env` creates anything that owner references cannot
@@ -467,19 +467,17 @@ fn verify_url(rel: &Release, plan: &RevisionPlan, target_ns: &str) -> Option<Str
     ))
 }
 
+/// `env`: the Release's Environment from the watch cache, if there.
 async fn apply(
     rel: Arc<Release>,
+    env: Option<Arc<Environment>>,
     ctx: &Context,
     caches: &ReleaseContext,
 ) -> Result<Requeue, Error> {
     let deployments = &caches.deployments;
     let ns = rel.namespace().unwrap_or_default();
     let name = rel.name_any();
-    let env = caches
-        .environments
-        .get(&ObjectRef::new(&rel.spec.environment).within(&ns))
-        .map(|e| e.as_ref().clone());
-    let Some(env) = env else {
+    let Some(env) = env.map(|e| e.as_ref().clone()) else {
         return blocked(
             &rel,
             ctx,
