@@ -94,6 +94,16 @@ async fn environment_prepares_its_namespace_and_lists_its_releases() {
         },
     )
     .await;
+    // Once the Release is gone, the Environment stops listing it.
+    eventually(
+        "the Environment to stop listing shop",
+        Duration::from_secs(60),
+        || async {
+            let st = envs.get("prod").await.ok()?.status?;
+            st.releases.is_empty().then_some(())
+        },
+    )
+    .await;
     let _ = namespaces
         .delete(&target, &DeleteParams::background())
         .await;

@@ -823,6 +823,35 @@ async fn deleting_a_release_removes_what_it_created_and_removed_services_are_del
     .await;
 }
 
+#[tokio::test]
+async fn a_deployment_deleted_by_hand_is_put_back_at_once() {
+    let f = Fixture::new("rel-repair").await;
+    f.env("dev", json!({})).await;
+    f.release("shop", spec("v1", None, None)).await;
+    f.phase("shop", Phase::Succeeded, Duration::from_secs(90))
+        .await;
+    let old = f.deployments().get("shop-api").await.unwrap();
+    f.deployments()
+        .delete("shop-api", &DeleteParams::background())
+        .await
+        .unwrap();
+    // The deletion reaches the Release through the Deployment watch; its next periodic
+    // reconcile is minutes away, so only the watch can bring the Deployment back this soon.
+    let new = eventually(
+        "shop-api to be recreated",
+        Duration::from_secs(30),
+        || async {
+            let d = f.deployments().get_opt("shop-api").await.ok()??;
+            (d.metadata.uid != old.metadata.uid).then_some(d)
+        },
+    )
+    .await;
+    let image = new.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("example.test/shop-api:v1"));
+}
+
 /// Labels of the operator's write requests in `slipway_api_requests_total`.
 const WRITES: [&str; 4] = [
     "verb=\"POST\"",

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::status::{condition, write_status};
+use super::watches::Listener;
 use super::{error_policy, Context, Error};
 use crate::api::{
     condition_type, set_condition, status, Environment, EnvironmentRelease, EnvironmentSpec,
@@ -19,8 +20,11 @@ use crate::metrics::Metrics;
 
 /// Builds the Environment controller stream and its object cache. A Release change wakes the
 /// Environment it names, so `status.releases` follows.
+/// `releases`: the shared Release watch (`super::watches`), its cache and this controller's
+/// stream of changes.
 pub fn controller(
     ctx: Arc<Context>,
+    releases: (Store<Release>, Listener<Release>),
 ) -> (
     impl futures::Stream<Item = Result<(ObjectRef<Environment>, Action), impl std::error::Error>>,
     Store<Environment>,
@@ -30,12 +34,7 @@ pub fn controller(
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)));
     let store = controller.store();
-    let (releases, writer) = kube::runtime::reflector::store::<Release>();
-    let release_events =
-        kube::runtime::watcher(ctx.watched::<Release>(), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+    let (releases, release_events) = releases;
     let ectx = Arc::new(EnvironmentContext {
         base: ctx,
         releases,

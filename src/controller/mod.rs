@@ -9,6 +9,7 @@ pub mod freshness;
 pub mod release;
 pub mod scaled_worker;
 mod status;
+pub mod watches;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +17,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use prometheus_client::registry::Registry;
 
@@ -180,6 +183,30 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// What the operator keeps of a Deployment in its cache: Slipway's own in full but for
+/// managed fields (the Release controller compares plan hashes and reads availability);
+/// anyone else's only as far as a ScaledWorker poll needs (name, namespace, replicas).
+fn slim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    let ours = d
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::platform::kubernetes::render::LABEL_MANAGED_BY))
+        .is_some_and(|v| v == crate::platform::kubernetes::render::MANAGED_BY);
+    if ours {
+        return;
+    }
+    d.metadata.annotations = None;
+    d.metadata.labels = None;
+    d.status = None;
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+        spec.selector = Default::default();
+        spec.strategy = None;
+    }
+}
+
 /// Runs the three controllers and the admin server until SIGTERM or SIGINT.
 pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
     let metrics = Metrics::default();
@@ -235,18 +262,52 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
         });
     }
 
-    let (env_ctrl, env_store) = environment::controller(ctx.clone());
-    let (rel_ctrl, rel_store) = release::controller(ctx.clone());
-    let (sw_ctrl, sw_store) = scaled_worker::controller(ctx.clone());
+    // One watch per kind, shared: Releases by the Release and Environment controllers,
+    // Deployments by the Release controller (its own, in full) and the ScaledWorker
+    // controller (any Deployment's replica count).
+    let (rel_store, mut rel_listeners, rel_watch) = watches::shared(
+        ctx.watched::<Release>(),
+        watcher::Config::default().any_semantic(),
+        |_| {},
+        2,
+    );
+    let (dep_store, mut dep_listeners, dep_watch) = watches::shared(
+        ctx.watched::<Deployment>(),
+        watcher::Config::default().any_semantic(),
+        slim_deployment,
+        1,
+    );
+    tokio::spawn(rel_watch);
+    tokio::spawn(dep_watch);
+    let (env_ctrl, env_store) = environment::controller(
+        ctx.clone(),
+        (
+            rel_store.clone(),
+            rel_listeners.pop().expect("two listeners"),
+        ),
+    );
+    let rel_ctrl = release::controller(
+        ctx.clone(),
+        (
+            rel_store.clone(),
+            rel_listeners.pop().expect("two listeners"),
+        ),
+        (
+            dep_store.clone(),
+            dep_listeners.pop().expect("one listener"),
+        ),
+    );
+    let (sw_ctrl, sw_store) = scaled_worker::controller(ctx.clone(), dep_store.clone());
 
     let readiness = {
         let health = health.clone();
         let metrics = metrics.clone();
         async move {
-            let synced = futures::future::try_join3(
+            let synced = futures::future::try_join4(
                 synced(&env_store),
                 synced(&rel_store),
                 synced(&sw_store),
+                synced(&dep_store),
             )
             .await;
             if synced.is_ok() {
@@ -273,5 +334,47 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context(format!("admin server on {}", opts.admin_addr)),
         Err(e) => Err(e).context("admin server task"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(labels: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "d", "namespace": "n", "labels": labels,
+                          "annotations": { "slipway.dev/plan-hash": "abc" },
+                          "managedFields": [ { "manager": "kubectl", "operation": "Update" } ] },
+            "spec": { "replicas": 3, "selector": { "matchLabels": { "a": "b" } },
+                      "template": { "metadata": { "labels": { "a": "b" } },
+                                    "spec": { "containers": [ { "name": "c", "image": "i" } ] } } },
+            "status": { "availableReplicas": 3 }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn slipway_deployments_are_kept_whole_others_only_their_replica_count() {
+        let mut ours = deployment(serde_json::json!({ "app.kubernetes.io/managed-by": "slipway" }));
+        slim_deployment(&mut ours);
+        assert!(ours.metadata.managed_fields.is_none());
+        assert!(ours.metadata.annotations.is_some());
+        assert_eq!(ours.status.unwrap().available_replicas, Some(3));
+        assert_eq!(
+            ours.spec.unwrap().template.spec.unwrap().containers[0]
+                .image
+                .as_deref(),
+            Some("i")
+        );
+
+        let mut theirs = deployment(serde_json::json!({ "app.kubernetes.io/managed-by": "helm" }));
+        slim_deployment(&mut theirs);
+        assert_eq!(theirs.metadata.name.as_deref(), Some("d"));
+        assert!(theirs.metadata.annotations.is_none() && theirs.metadata.labels.is_none());
+        assert!(theirs.status.is_none());
+        let spec = theirs.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert!(spec.template.spec.is_none());
     }
 }

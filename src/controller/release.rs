@@ -15,6 +15,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::write_status;
+use super::watches::Listener;
 use super::{error_policy, Context, Error};
 use crate::api::{
     Environment, Phase, Release, ReleaseStatus, ScaledWorker, APPROVED_VERSION_ANNOTATION,
@@ -42,32 +43,87 @@ pub struct ReleaseContext {
     pub jobs: Store<Job>,
     /// Watch cache of Environments.
     pub environments: Store<Environment>,
+    /// When this process last wrote each Release's status (by uid), to space out writes that
+    /// only report rollout progress.
+    pub progress: ProgressWrites,
+}
+
+/// The least time between two status writes of one Release that differ only in
+/// `status.services` (replica counts while a rollout progresses). Phase, condition and
+/// migration changes are written at once; progress in between waits, so a rollout whose pods
+/// become ready one by one costs a few writes instead of one per Deployment status change.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When this process last wrote each Release's status, by uid.
+#[derive(Default, Debug)]
+pub struct ProgressWrites(std::sync::Mutex<std::collections::HashMap<String, Instant>>);
+
+impl ProgressWrites {
+    /// Records a status write of the object with this uid at `at`. Entries older than the
+    /// interval no longer hold anything back and are dropped, so the map holds only the
+    /// Releases written in the last interval (deleted ones included, briefly).
+    pub fn wrote(&self, uid: &str, at: Instant) {
+        let mut map = self.lock();
+        map.retain(|_, t| at.saturating_duration_since(*t) < PROGRESS_WRITE_INTERVAL);
+        map.insert(uid.to_string(), at);
+    }
+
+    /// Objects written within the interval.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets an object (it is gone).
+    pub fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// How long a progress-only write of this object has to wait, if at all.
+    pub fn wait(&self, uid: &str, now: Instant) -> Option<Duration> {
+        let last = *self.lock().get(uid)?;
+        PROGRESS_WRITE_INTERVAL
+            .checked_sub(now.saturating_duration_since(last))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `new` differs from `old` only in `services` (rollout progress). Pure.
+pub fn only_progress_differs(old: &ReleaseStatus, new: &ReleaseStatus) -> bool {
+    if old == new || old.services == new.services {
+        return false;
+    }
+    let (mut a, mut b) = (old.clone(), new.clone());
+    a.services.clear();
+    b.services.clear();
+    a == b
 }
 
 fn release_error_policy(rel: Arc<Release>, err: &Error, ctx: Arc<ReleaseContext>) -> Requeue {
     error_policy(rel, err, ctx.base.clone())
 }
 
+/// `releases` and `deployments`: the shared watches of Releases and Deployments
+/// (`super::watches`), each a cache and this controller's stream of changes.
 pub fn controller(
     ctx: Arc<Context>,
-) -> (
-    impl futures::Stream<Item = Result<(ObjectRef<Release>, Requeue), impl std::error::Error>>,
-    Store<Release>,
-) {
-    let api: Api<Release> = ctx.watched();
+    releases: (Store<Release>, Listener<Release>),
+    deployments: (Store<Deployment>, Listener<Deployment>),
+) -> impl futures::Stream<Item = Result<(ObjectRef<Release>, Requeue), impl std::error::Error>> {
     // A burst of Deployment status updates (one per pod becoming ready) becomes one reconcile
     // and at most one status write.
-    let controller = Controller::new(api, watcher::Config::default().any_semantic()).with_config(
+    let (store, release_events) = releases;
+    let controller = Controller::for_stream(release_events, store.clone()).with_config(
         kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
     );
-    let (deployments, writer) = kube::runtime::reflector::store::<Deployment>();
-    let deployment_events = kube::runtime::watcher(
-        ctx.watched::<Deployment>(),
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=slipway"),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects();
+    let (deployments, deployment_events) = deployments;
     let (scaled_workers, sw_writer) = kube::runtime::reflector::store::<ScaledWorker>();
     // A ScaledWorker that starts or stops targeting a Release service changes who owns that
     // service's replica count: wake the Release.
@@ -96,10 +152,10 @@ pub fn controller(
         scaled_workers,
         jobs,
         environments,
+        progress: ProgressWrites::default(),
     });
-    let store = controller.store();
-    let releases = store.clone();
-    let stream = controller
+    let releases = store;
+    controller
         .owns_stream(job_events)
         .owns_stream(deployment_events)
         .watches_stream(sw_events, |sw: ScaledWorker| {
@@ -123,8 +179,7 @@ pub fn controller(
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, release_error_policy, rctx);
-    (stream, store)
+        .run(reconcile, release_error_policy, rctx)
 }
 
 /// Reconciles one Release.
@@ -181,6 +236,9 @@ async fn with_finalizer(
             .await?;
         }
         ctx.written.forget(rel.as_ref());
+        caches
+            .progress
+            .forget(rel.uid().as_deref().unwrap_or_default());
         return Ok(Requeue::await_change());
     }
     // Owner references let the garbage collector remove what a Release created in its own
@@ -656,9 +714,94 @@ async fn apply(
         decision.status.services = s;
     }
     let status_out: ReleaseStatus = decision.status;
-    write_status(rel.as_ref(), &status_out, ctx).await?;
+    let uid = rel.uid().unwrap_or_default();
+    let now = Instant::now();
+    if decision.events.is_empty()
+        && rel
+            .status
+            .as_ref()
+            .is_some_and(|old| only_progress_differs(old, &status_out))
+    {
+        if let Some(wait) = caches.progress.wait(&uid, now) {
+            // Progress only: written with the next change, or when the interval is up.
+            return Ok(Requeue::requeue(wait.min(decision.requeue)));
+        }
+    }
+    if write_status(rel.as_ref(), &status_out, ctx).await? {
+        caches.progress.wrote(&uid, now);
+    }
     for ev in &decision.events {
         publish(ctx, &rel, ev.warning, &ev.reason, &ev.message).await;
     }
     Ok(Requeue::requeue(decision.requeue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ServiceStatus;
+
+    fn svc(ready: i32) -> ServiceStatus {
+        ServiceStatus {
+            name: "api".into(),
+            image: Some("example.test/api:1".into()),
+            replicas: 2,
+            ready_replicas: ready,
+            updated_replicas: ready,
+        }
+    }
+
+    fn rolling_out(ready: i32) -> ReleaseStatus {
+        ReleaseStatus {
+            phase: Some(Phase::RollingOut),
+            services: vec![svc(ready)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_replica_counts_changing_is_progress() {
+        assert!(only_progress_differs(&rolling_out(0), &rolling_out(1)));
+        // Nothing changed: not a write at all, so not a progress write either.
+        assert!(!only_progress_differs(&rolling_out(1), &rolling_out(1)));
+        // A phase change is never held back, with or without new counts.
+        let mut done = rolling_out(2);
+        done.phase = Some(Phase::Succeeded);
+        assert!(!only_progress_differs(&rolling_out(1), &done));
+        let mut same_counts = rolling_out(1);
+        same_counts.phase = Some(Phase::Succeeded);
+        assert!(!only_progress_differs(&rolling_out(1), &same_counts));
+    }
+
+    #[test]
+    fn progress_writes_wait_out_the_interval_per_object() {
+        let p = ProgressWrites::default();
+        let t0 = Instant::now();
+        // Never written by this process (e.g. after a restart): no wait.
+        assert_eq!(p.wait("a", t0), None);
+        p.wrote("a", t0);
+        assert_eq!(
+            p.wait("a", t0 + Duration::from_secs(4)),
+            Some(PROGRESS_WRITE_INTERVAL - Duration::from_secs(4))
+        );
+        assert_eq!(p.wait("b", t0 + Duration::from_secs(4)), None);
+        assert_eq!(p.wait("a", t0 + PROGRESS_WRITE_INTERVAL), None);
+        p.forget("a");
+        assert_eq!(p.wait("a", t0 + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn entries_past_the_interval_are_dropped() {
+        let p = ProgressWrites::default();
+        let t0 = Instant::now();
+        p.wrote("gone", t0);
+        p.wrote("a", t0 + Duration::from_secs(1));
+        assert_eq!(p.len(), 2);
+        p.wrote(
+            "b",
+            t0 + PROGRESS_WRITE_INTERVAL + Duration::from_millis(500),
+        );
+        assert_eq!(p.len(), 2, "the entry older than the interval is dropped");
+        assert_eq!(p.wait("gone", t0 + PROGRESS_WRITE_INTERVAL), None);
+    }
 }

@@ -31,7 +31,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::write_status;
@@ -116,8 +116,10 @@ impl Scaling {
 }
 
 /// Builds the ScaledWorker controller stream and its object cache.
+/// `targets`: the cache of the shared Deployment watch (`super::watches`), for replica counts.
 pub fn controller(
     ctx: Arc<Context>,
+    targets: Store<Deployment>,
 ) -> (
     impl futures::Stream<
         Item = Result<
@@ -130,27 +132,8 @@ pub fn controller(
     let api: Api<ScaledWorker> = ctx.watched();
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     // Target replica counts from a watch instead of one GET of the scale subresource per poll
-    // (1000 ScaledWorkers at 5 s were 200 GET/s). Only what a poll needs is kept.
-    let (targets, writer) = kube::runtime::reflector::store::<Deployment>();
-    let reflector = kube::runtime::watcher(ctx.watched::<Deployment>(), watcher::Config::default())
-        .default_backoff()
-        .modify(|d: &mut Deployment| {
-            d.metadata.managed_fields = None;
-            d.metadata.annotations = None;
-            d.metadata.labels = None;
-            d.status = None;
-            if let Some(spec) = d.spec.as_mut() {
-                spec.template = Default::default();
-                spec.selector = Default::default();
-                spec.strategy = None;
-            }
-        })
-        .reflect(writer);
-    if ctx.scaling.targets.set(targets).is_ok() {
-        tokio::spawn(futures::StreamExt::for_each(reflector, |_| {
-            futures::future::ready(())
-        }));
-    }
+    // (1000 ScaledWorkers at 5 s were 200 GET/s).
+    let _ = ctx.scaling.targets.set(targets);
     let store = controller.store();
     let stream = controller
         .shutdown_on_signal()

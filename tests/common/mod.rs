@@ -223,7 +223,10 @@ impl Operator {
         let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::env::temp_dir().join(format!("slipway-operator-{}.log", random_suffix()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        // SLIPWAY_OPERATOR_BIN runs another build (e.g. an older commit's, for an A/B bench).
+        let bin = std::env::var("SLIPWAY_OPERATOR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_slipway").to_string());
+        let child = std::process::Command::new(bin)
             .arg("run")
             .arg("--admin-addr")
             .arg(admin.to_string())
