@@ -7,8 +7,9 @@
 //! assertions: this is a benchmark, not a test.
 //!
 //! Both sides saturate the two cores, so a single pair of runs moves by seconds with
-//! scheduling luck: the bench runs `SLIPWAY_BENCH_ROUNDS` rounds (default 3), alternating
-//! which side goes first, and reports each round and the medians. `SLIPWAY_OPERATOR_BIN`
+//! scheduling luck: the bench runs `SLIPWAY_BENCH_ROUNDS` rounds (default 5), alternating
+//! which side goes first, each run starting once the control plane is idle, and reports each
+//! round and the medians. `SLIPWAY_OPERATOR_BIN`
 //! benches another operator build (an A/B against an older commit).
 
 #[path = "../tests/common/mod.rs"]
@@ -367,11 +368,33 @@ fn release(i: usize) -> Release {
     .unwrap()
 }
 
+/// Waits until the control plane is quiet (under a tenth of a core over two seconds, e.g.
+/// the garbage collector done with the last run's namespace), at most 90 s, so each run
+/// starts from the same idle state.
+async fn settle(label: &str) {
+    let start = Instant::now();
+    let total = |v: &[(String, f64)]| v.iter().map(|x| x.1).sum::<f64>();
+    loop {
+        let before = total(&control_plane_cpu());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let used = total(&control_plane_cpu()) - before;
+        if used < 0.2 || start.elapsed() > Duration::from_secs(90) {
+            eprintln!(
+                "{label}: control plane quiet after {:.0}s ({used:.2} CPU s in the last 2 s)",
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        }
+    }
+}
+
 /// What one timed run (baseline or operator) measured.
 struct Run {
     secs: f64,
     timeline: Timeline,
     control_plane_cpu: String,
+    /// Control-plane CPU seconds in all.
+    cpu_total: f64,
     requests: HashMap<String, f64>,
 }
 
@@ -407,11 +430,14 @@ async fn finish_timeline(tl: Shared, tasks: Vec<JoinHandle<()>>) -> Timeline {
 
 async fn run_baseline(client: &Client, round: usize) -> Run {
     let ns = TestNamespace::new(client, "bench-base").await;
+    settle(&format!("round {round}: baseline")).await;
     let cpu0 = control_plane_cpu();
     let req0 = apiserver_requests(client).await;
     let mut prof = profile_apiserver(&format!("baseline-{round}"));
     let (secs, tl, tasks) = baseline(client, &ns.name).await;
-    let control_plane_cpu = cpu_delta(&cpu0, &control_plane_cpu());
+    let cpu1 = control_plane_cpu();
+    let cpu_total = cpu1.iter().map(|x| x.1).sum::<f64>() - cpu0.iter().map(|x| x.1).sum::<f64>();
+    let control_plane_cpu = cpu_delta(&cpu0, &cpu1);
     let requests = requests_delta(&req0, &apiserver_requests(client).await);
     if let Some(p) = prof.as_mut() {
         let _ = p.wait();
@@ -423,6 +449,7 @@ async fn run_baseline(client: &Client, round: usize) -> Run {
         secs,
         timeline,
         control_plane_cpu,
+        cpu_total,
         requests,
     }
 }
@@ -441,6 +468,7 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
         .await
         .unwrap();
     let rels: Api<Release> = Api::namespaced(client.clone(), &ns.name);
+    settle(&format!("round {round}: operator")).await;
     let cpu0 = control_plane_cpu();
     let req0 = apiserver_requests(client).await;
     let mut prof = profile_apiserver(&format!("operator-{round}"));
@@ -463,7 +491,9 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
     .await;
     let secs = t0.elapsed().as_secs_f64();
     let (rss_mib, cpu_s) = proc_stats(op.child.id());
-    let control_plane_cpu = cpu_delta(&cpu0, &control_plane_cpu());
+    let cpu1 = control_plane_cpu();
+    let cpu_total = cpu1.iter().map(|x| x.1).sum::<f64>() - cpu0.iter().map(|x| x.1).sum::<f64>();
+    let control_plane_cpu = cpu_delta(&cpu0, &cpu1);
     let requests = requests_delta(&req0, &apiserver_requests(client).await);
     if let Some(p) = prof.as_mut() {
         let _ = p.wait();
@@ -532,6 +562,7 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
             secs,
             timeline,
             control_plane_cpu,
+            cpu_total,
             requests,
         },
         OperatorFigures {
@@ -570,7 +601,7 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .filter(|r| *r >= 1)
-        .unwrap_or(3);
+        .unwrap_or(5);
     eprintln!(
         "bench-release: {RELEASES} Releases x {SERVICES} services against Kubernetes {version}, {rounds} round(s)"
     );
@@ -594,15 +625,17 @@ async fn main() {
         results.push((base, op, figs));
     }
 
-    println!("| round | operator s | baseline s | ratio | operator peak RSS (MiB) | operator CPU s | no-op writes |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| round | operator s | baseline s | ratio | control-plane CPU s, operator / baseline | operator peak RSS (MiB) | operator CPU s | no-op writes |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (i, (b, o, f)) in results.iter().enumerate() {
         println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {} |",
+            "| {} | {:.1} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} | {} |",
             i + 1,
             o.secs,
             b.secs,
             o.secs / b.secs,
+            o.cpu_total,
+            b.cpu_total,
             f.rss_mib.max(f.rss_mib_end),
             f.cpu_s,
             f.noop_writes
