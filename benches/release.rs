@@ -380,12 +380,35 @@ async fn settle(label: &str) {
         let used = total(&control_plane_cpu()) - before;
         if used < 0.2 || start.elapsed() > Duration::from_secs(90) {
             eprintln!(
-                "{label}: control plane quiet after {:.0}s ({used:.2} CPU s in the last 2 s)",
-                start.elapsed().as_secs_f64()
+                "{label}: control plane quiet after {:.0}s ({used:.2} CPU s in the last 2 s); kube-apiserver RSS {:.0} MiB",
+                start.elapsed().as_secs_f64(),
+                apiserver_rss_mib()
             );
             return;
         }
     }
+}
+
+/// Resident memory of this plane's kube-apiserver.
+fn apiserver_rss_mib() -> f64 {
+    let state = std::env::var("TESTENV_STATE").unwrap_or_default();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if comm.trim() == "kube-apiserver" && cmdline.contains(&state) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0;
+        }
+    }
+    0.0
 }
 
 /// What one timed run (baseline or operator) measured.
@@ -499,7 +522,24 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
         let _ = p.wait();
     }
     let timeline = finish_timeline(tl, tasks).await;
-    eprintln!("round {round}: operator: {secs:.1}s");
+    let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
+    let counters: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            [
+                "slipway_reconciliations_total",
+                "slipway_reconcile_failures_total",
+                "slipway_stale_reads_total",
+                "slipway_status_writes_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
+        .collect();
+    eprintln!(
+        "round {round}: operator: {secs:.1}s; {}",
+        counters.join(", ")
+    );
 
     // 200 no-op reconciles: touch an annotation on every converged Release.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -704,12 +744,14 @@ async fn main() {
         figs.events_by_reason
     );
     println!();
-    println!("Where the time goes: when watches first saw each milestone, seconds after the first create.");
+    println!("Where the time goes: when watches first saw each milestone, seconds after the first create, in each round.");
     println!();
     println!("| milestone | median | last | apps |");
     println!("| --- | --- | --- | --- |");
-    print_timeline("baseline", &base.timeline);
-    print_timeline("operator", &op.timeline);
+    for (i, (b, o, _)) in results.iter().enumerate() {
+        print_timeline(&format!("round {} baseline", i + 1), &b.timeline);
+        print_timeline(&format!("round {} operator", i + 1), &o.timeline);
+    }
     println!();
     println!("Requests the API server served (everyone: controllers, kwok, scheduler, operator, this bench), largest first:");
     println!();

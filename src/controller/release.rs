@@ -117,11 +117,12 @@ pub fn controller(
     releases: (Store<Release>, Listener<Release>),
     deployments: (Store<Deployment>, Listener<Deployment>),
 ) -> impl futures::Stream<Item = Result<(ObjectRef<Release>, Requeue), impl std::error::Error>> {
-    // A burst of Deployment status updates (one per pod becoming ready) becomes one reconcile
-    // and at most one status write.
+    // A burst of watch events (a Deployment's status changes as its pods start) becomes one
+    // reconcile. Kept short: every step of a rollout (Release created, migration done,
+    // services available) waits for it, and writes are already spaced by the progress limit.
     let (store, release_events) = releases;
     let controller = Controller::for_stream(release_events, store.clone()).with_config(
-        kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+        kube::runtime::controller::Config::default().debounce(Duration::from_millis(100)),
     );
     let (deployments, deployment_events) = deployments;
     let (scaled_workers, sw_writer) = kube::runtime::reflector::store::<ScaledWorker>();
