@@ -8,8 +8,9 @@
 //!
 //! Both sides saturate the two cores, so a single pair of runs moves by seconds with
 //! scheduling luck: the bench runs `SLIPWAY_BENCH_ROUNDS` rounds (default 5), alternating
-//! which side goes first, each run starting once the control plane is idle, and reports each
-//! round and the medians. `SLIPWAY_OPERATOR_BIN`
+//! which side goes first, each run on a freshly started control plane once it is idle (when
+//! hack/bench started the plane; `SLIPWAY_BENCH_FRESH_PLANE`), and reports each round and
+//! the medians. `SLIPWAY_OPERATOR_BIN`
 //! benches another operator build (an A/B against an older commit).
 
 #[path = "../tests/common/mod.rs"]
@@ -389,6 +390,43 @@ async fn settle(label: &str) {
     }
 }
 
+/// With `SLIPWAY_BENCH_FRESH_PLANE=1` (hack/bench sets it when it started the local control
+/// plane itself), every timed run gets a newly started plane: the API server's memory grows
+/// with each run's created and deleted objects (259 MiB before the first run, 1.2 GiB before
+/// the fourth), and a later run pays for the garbage collection of an earlier one. Returns a
+/// client of the plane to use.
+async fn fresh_plane(client: Client, label: &str) -> Client {
+    if std::env::var("SLIPWAY_BENCH_FRESH_PLANE").as_deref() != Ok("1") {
+        return client;
+    }
+    drop(client);
+    let testenv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testenv");
+    let down = std::process::Command::new(testenv.join("down"))
+        .status()
+        .expect("running tests/testenv/down");
+    assert!(down.success(), "tests/testenv/down failed");
+    let up = std::process::Command::new(testenv.join("up"))
+        .output()
+        .expect("running tests/testenv/up");
+    assert!(
+        up.status.success(),
+        "tests/testenv/up failed:\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let path = String::from_utf8_lossy(&up.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        std::path::PathBuf::from(&path),
+        kubeconfig_path(),
+        "the restarted plane's kubeconfig moved"
+    );
+    eprintln!("{label}: started a fresh control plane");
+    client_with_crds().await
+}
+
 /// Resident memory of this plane's kube-apiserver.
 fn apiserver_rss_mib() -> f64 {
     let state = std::env::var("TESTENV_STATE").unwrap_or_default();
@@ -647,13 +685,18 @@ async fn main() {
     );
 
     let mut results = Vec::new();
+    let mut client = client;
     for round in 1..=rounds {
         // Odd rounds run the baseline first, even rounds the operator first.
         let (base, (op, figs)) = if round % 2 == 1 {
+            client = fresh_plane(client, &format!("round {round}: baseline")).await;
             let b = run_baseline(&client, round).await;
+            client = fresh_plane(client, &format!("round {round}: operator")).await;
             (b, run_operator(&client, round).await)
         } else {
+            client = fresh_plane(client, &format!("round {round}: operator")).await;
             let o = run_operator(&client, round).await;
+            client = fresh_plane(client, &format!("round {round}: baseline")).await;
             (run_baseline(&client, round).await, o)
         };
         eprintln!(

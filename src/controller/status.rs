@@ -67,8 +67,42 @@ pub fn condition(
     Condition::new(type_, status, reason, message, generation, now())
 }
 
-/// Writes `new` as the object's status by server-side apply, unless it equals the status the
-/// API server already holds. Returns whether a write was made.
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: keys whose values changed
+/// (objects recursively, arrays and scalars whole) and `null` for keys `new` no longer has.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) if ov == nv => {}
+                    Some(ov) => {
+                        out.insert(k.clone(), merge_patch(ov, nv));
+                    }
+                    None => {
+                        out.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
+/// Writes `new` as the object's status, unless it equals the status the API server already
+/// holds. Returns whether a write was made.
+///
+/// The write is a JSON merge patch of the difference from the cached status, not a
+/// server-side apply: Slipway is the only writer of these statuses and the cached copy is at
+/// least as new as this process's last write (`freshness`), while an apply makes the API
+/// server merge the whole status against its field-ownership record on every write. In
+/// bench-release's API server profiles, status applies were the largest single part of what
+/// the operator added (about 2 of 24 CPU seconds in a 20 s window).
 pub async fn write_status<K: StatusObject>(
     obj: &K,
     new: &K::Status,
@@ -82,17 +116,15 @@ pub async fn write_status<K: StatusObject>(
         name: obj.name_any(),
     })?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": new,
-    });
+    let old = serde_json::to_value(obj.status()).expect("a status serializes");
+    let new_value = serde_json::to_value(new).expect("a status serializes");
+    let patch = serde_json::json!({ "status": merge_patch(&old, &new_value) });
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..PatchParams::default()
+    };
     let written = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
+        .patch_status(&obj.name_any(), &params, &Patch::Merge(&patch))
         .await?;
     ctx.written.record(&written);
     ctx.metrics
@@ -107,5 +139,71 @@ fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "Environment" => "Environment",
         "Release" => "Release",
         _ => "ScaledWorker",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_carries_changes_and_removals_only() {
+        let old = json!({ "phase": "RollingOut", "revision": 3,
+                          "migration": { "job": "m-3", "state": "Running", "startedAt": "t0" },
+                          "verifyAttempts": 1,
+                          "conditions": [ { "type": "Ready", "status": "False" } ] });
+        let new = json!({ "phase": "Succeeded", "revision": 3,
+                          "migration": { "job": "m-3", "state": "Succeeded", "startedAt": "t0" },
+                          "conditions": [ { "type": "Ready", "status": "True" } ] });
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({ "phase": "Succeeded",
+                    "migration": { "state": "Succeeded" },
+                    "verifyAttempts": null,
+                    "conditions": [ { "type": "Ready", "status": "True" } ] })
+        );
+        assert_eq!(merge_patch(&old, &old), json!({}));
+        // No status yet: the whole new one.
+        assert_eq!(merge_patch(&json!(null), &new), new);
+    }
+
+    /// Applying the patch the RFC 7386 way to `old` gives `new`, for nested shapes too.
+    #[test]
+    fn applying_the_patch_gives_the_new_value() {
+        fn apply(target: &mut serde_json::Value, patch: &serde_json::Value) {
+            if let serde_json::Value::Object(p) = patch {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                let t = target.as_object_mut().unwrap();
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        apply(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+            } else {
+                *target = patch.clone();
+            }
+        }
+        let cases = [
+            (
+                json!({"a": {"b": 1, "c": [1, 2]}, "d": "x"}),
+                json!({"a": {"c": [2]}, "e": {"f": true}}),
+            ),
+            (json!({"a": 1}), json!({"a": {"b": 2}})),
+            (json!({"a": {"b": 2}}), json!({"a": 1})),
+            (
+                json!({}),
+                json!({"services": [{"name": "api", "readyReplicas": 1}]}),
+            ),
+        ];
+        for (old, new) in cases {
+            let mut t = old.clone();
+            apply(&mut t, &merge_patch(&old, &new));
+            assert_eq!(t, new, "from {old}");
+        }
     }
 }
