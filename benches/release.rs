@@ -252,22 +252,28 @@ fn control_plane_cpu() -> Vec<(String, f64)> {
         "kube-scheduler",
         "kwok",
     ];
-    let state = std::env::var("TESTENV_STATE").unwrap_or_default();
     let mut out: Vec<(String, f64)> = NAMES.iter().map(|n| (n.to_string(), 0.0)).collect();
+    for (pid, comm) in plane_processes() {
+        if let Some(slot) = out.iter_mut().find(|(n, _)| comm.starts_with(n.as_str())) {
+            slot.1 += proc_stats(pid).1;
+        }
+    }
+    out
+}
+
+/// Processes of this control plane (those whose command line names `TESTENV_STATE`, when it
+/// is set): pid and command name.
+fn plane_processes() -> Vec<(u32, String)> {
+    let state = std::env::var("TESTENV_STATE").unwrap_or_default();
+    let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !state.is_empty() && !cmdline.contains(&state) {
-            continue;
-        }
-        if let Some(slot) = out
-            .iter_mut()
-            .find(|(n, _)| comm.trim().starts_with(n.as_str()))
-        {
-            slot.1 += proc_stats(pid).1;
+        if state.is_empty() || cmdline.contains(&state) {
+            out.push((pid, comm.trim().to_string()));
         }
     }
     out
@@ -429,24 +435,49 @@ async fn fresh_plane(client: Client, label: &str) -> Client {
 
 /// Resident memory of this plane's kube-apiserver.
 fn apiserver_rss_mib() -> f64 {
-    let state = std::env::var("TESTENV_STATE").unwrap_or_default();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if comm.trim() == "kube-apiserver" && cmdline.contains(&state) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            return status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 1024.0;
+    let Some((pid, _)) = plane_processes()
+        .into_iter()
+        .find(|(_, comm)| comm == "kube-apiserver")
+    else {
+        return 0.0;
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Control-plane CPU, API server request counters and (optionally) a profile over one run.
+struct Measure {
+    cpu0: Vec<(String, f64)>,
+    req0: HashMap<String, f64>,
+    prof: Option<std::process::Child>,
+}
+
+impl Measure {
+    async fn start(client: &Client, label: &str) -> Measure {
+        Measure {
+            cpu0: control_plane_cpu(),
+            req0: apiserver_requests(client).await,
+            prof: profile_apiserver(label),
         }
     }
-    0.0
+
+    /// Control-plane CPU seconds in all and by process, and the requests served, since start.
+    async fn finish(mut self, client: &Client) -> (f64, String, HashMap<String, f64>) {
+        let cpu1 = control_plane_cpu();
+        let total =
+            cpu1.iter().map(|x| x.1).sum::<f64>() - self.cpu0.iter().map(|x| x.1).sum::<f64>();
+        let by_process = cpu_delta(&self.cpu0, &cpu1);
+        let requests = requests_delta(&self.req0, &apiserver_requests(client).await);
+        if let Some(p) = self.prof.as_mut() {
+            let _ = p.wait();
+        }
+        (total, by_process, requests)
+    }
 }
 
 /// What one timed run (baseline or operator) measured.
@@ -492,17 +523,9 @@ async fn finish_timeline(tl: Shared, tasks: Vec<JoinHandle<()>>) -> Timeline {
 async fn run_baseline(client: &Client, round: usize) -> Run {
     let ns = TestNamespace::new(client, "bench-base").await;
     settle(&format!("round {round}: baseline")).await;
-    let cpu0 = control_plane_cpu();
-    let req0 = apiserver_requests(client).await;
-    let mut prof = profile_apiserver(&format!("baseline-{round}"));
+    let m = Measure::start(client, &format!("baseline-{round}")).await;
     let (secs, tl, tasks) = baseline(client, &ns.name).await;
-    let cpu1 = control_plane_cpu();
-    let cpu_total = cpu1.iter().map(|x| x.1).sum::<f64>() - cpu0.iter().map(|x| x.1).sum::<f64>();
-    let control_plane_cpu = cpu_delta(&cpu0, &cpu1);
-    let requests = requests_delta(&req0, &apiserver_requests(client).await);
-    if let Some(p) = prof.as_mut() {
-        let _ = p.wait();
-    }
+    let (cpu_total, control_plane_cpu, requests) = m.finish(client).await;
     let timeline = finish_timeline(tl, tasks).await;
     eprintln!("round {round}: baseline (Jobs then Deployments created directly): {secs:.1}s");
     remove_namespace(client, ns).await;
@@ -530,9 +553,7 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
         .unwrap();
     let rels: Api<Release> = Api::namespaced(client.clone(), &ns.name);
     settle(&format!("round {round}: operator")).await;
-    let cpu0 = control_plane_cpu();
-    let req0 = apiserver_requests(client).await;
-    let mut prof = profile_apiserver(&format!("operator-{round}"));
+    let m = Measure::start(client, &format!("operator-{round}")).await;
     let t0 = Instant::now();
     let (tl, tasks) = watch_timeline(client, &ns.name, t0);
     stream::iter(0..RELEASES)
@@ -552,13 +573,7 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
     .await;
     let secs = t0.elapsed().as_secs_f64();
     let (rss_mib, cpu_s) = proc_stats(op.child.id());
-    let cpu1 = control_plane_cpu();
-    let cpu_total = cpu1.iter().map(|x| x.1).sum::<f64>() - cpu0.iter().map(|x| x.1).sum::<f64>();
-    let control_plane_cpu = cpu_delta(&cpu0, &cpu1);
-    let requests = requests_delta(&req0, &apiserver_requests(client).await);
-    if let Some(p) = prof.as_mut() {
-        let _ = p.wait();
-    }
+    let (cpu_total, control_plane_cpu, requests) = m.finish(client).await;
     let timeline = finish_timeline(tl, tasks).await;
     let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
     let counters: Vec<&str> = body
