@@ -93,8 +93,17 @@ async fn baseline(client: &Client, ns: &str) -> (f64, Shared, Vec<JoinHandle<()>
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let t0 = Instant::now();
     let (tl, tasks) = watch_timeline(client, ns, t0);
+    // SLIPWAY_BENCH_BASELINE=burst: all 200 apps at once (every Job POSTed at the start, each
+    // app's Deployments as soon as its Job succeeded), the shape the operator's work has when
+    // 200 Releases arrive together. The default holds one of 50 slots per app until its
+    // Deployments are created, so at most 50 migrations run at a time.
+    let in_flight = if std::env::var("SLIPWAY_BENCH_BASELINE").as_deref() == Ok("burst") {
+        RELEASES
+    } else {
+        CONCURRENCY
+    };
     stream::iter(0..RELEASES)
-        .for_each_concurrent(CONCURRENCY, |i| {
+        .for_each_concurrent(in_flight, |i| {
             let jobs = jobs.clone();
             let deps = deps.clone();
             let tl = tl.clone();
