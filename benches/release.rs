@@ -475,17 +475,30 @@ impl Measure {
         }
     }
 
-    /// Control-plane CPU seconds in all and by process, and the requests served, since start.
-    async fn finish(mut self, client: &Client) -> (f64, String, HashMap<String, f64>) {
+    /// The run that took `secs`: control-plane CPU and requests since start, and the
+    /// milestones its watches saw (stopped here).
+    async fn finish(
+        mut self,
+        client: &Client,
+        secs: f64,
+        tl: Shared,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> Run {
         let cpu1 = control_plane_cpu();
-        let total =
+        let cpu_total =
             cpu1.iter().map(|x| x.1).sum::<f64>() - self.cpu0.iter().map(|x| x.1).sum::<f64>();
-        let by_process = cpu_delta(&self.cpu0, &cpu1);
+        let control_plane_cpu = cpu_delta(&self.cpu0, &cpu1);
         let requests = requests_delta(&self.req0, &apiserver_requests(client).await);
         if let Some(p) = self.prof.as_mut() {
             let _ = p.wait();
         }
-        (total, by_process, requests)
+        Run {
+            secs,
+            timeline: finish_timeline(tl, tasks).await,
+            control_plane_cpu,
+            cpu_total,
+            requests,
+        }
     }
 }
 
@@ -534,17 +547,10 @@ async fn run_baseline(client: &Client, round: usize) -> Run {
     settle(&format!("round {round}: baseline")).await;
     let m = Measure::start(client, &format!("baseline-{round}")).await;
     let (secs, tl, tasks) = baseline(client, &ns.name).await;
-    let (cpu_total, control_plane_cpu, requests) = m.finish(client).await;
-    let timeline = finish_timeline(tl, tasks).await;
+    let run = m.finish(client, secs, tl, tasks).await;
     eprintln!("round {round}: baseline (Jobs then Deployments created directly): {secs:.1}s");
     remove_namespace(client, ns).await;
-    Run {
-        secs,
-        timeline,
-        control_plane_cpu,
-        cpu_total,
-        requests,
-    }
+    run
 }
 
 async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
@@ -582,8 +588,7 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
     .await;
     let secs = t0.elapsed().as_secs_f64();
     let (rss_mib, cpu_s) = proc_stats(op.child.id());
-    let (cpu_total, control_plane_cpu, requests) = m.finish(client).await;
-    let timeline = finish_timeline(tl, tasks).await;
+    let run = m.finish(client, secs, tl, tasks).await;
     let (_, body) = http_get(op.admin, "/metrics").await.unwrap_or_default();
     let counters: Vec<&str> = body
         .lines()
@@ -660,13 +665,7 @@ async fn run_operator(client: &Client, round: usize) -> (Run, OperatorFigures) {
     drop(op);
     remove_namespace(client, ns).await;
     (
-        Run {
-            secs,
-            timeline,
-            control_plane_cpu,
-            cpu_total,
-            requests,
-        },
+        run,
         OperatorFigures {
             rss_mib,
             cpu_s,
