@@ -265,37 +265,24 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
     // One watch per kind, shared: Releases by the Release and Environment controllers,
     // Deployments by the Release controller (its own, in full) and the ScaledWorker
     // controller (any Deployment's replica count).
-    let (rel_store, mut rel_listeners, rel_watch) = watches::shared(
+    let (rel_store, [env_releases, rel_releases], rel_watch) = watches::shared(
         ctx.watched::<Release>(),
         watcher::Config::default().any_semantic(),
         |_| {},
-        2,
     );
-    let (dep_store, mut dep_listeners, dep_watch) = watches::shared(
+    let (dep_store, [rel_deployments], dep_watch) = watches::shared(
         ctx.watched::<Deployment>(),
         watcher::Config::default().any_semantic(),
         slim_deployment,
-        1,
     );
     tokio::spawn(rel_watch);
     tokio::spawn(dep_watch);
-    let (env_ctrl, env_store) = environment::controller(
-        ctx.clone(),
-        (
-            rel_store.clone(),
-            rel_listeners.pop().expect("two listeners"),
-        ),
-    );
+    let (env_ctrl, env_store) =
+        environment::controller(ctx.clone(), (rel_store.clone(), env_releases));
     let rel_ctrl = release::controller(
         ctx.clone(),
-        (
-            rel_store.clone(),
-            rel_listeners.pop().expect("two listeners"),
-        ),
-        (
-            dep_store.clone(),
-            dep_listeners.pop().expect("one listener"),
-        ),
+        (rel_store.clone(), rel_releases),
+        (dep_store.clone(), rel_deployments),
     );
     let (sw_ctrl, sw_store) = scaled_worker::controller(ctx.clone(), dep_store.clone());
 

@@ -23,20 +23,23 @@ use serde::de::DeserializeOwned;
 pub type Listener<K> = mpsc::UnboundedReceiver<Result<K, watcher::Error>>;
 
 /// One watch of `api`, each object passed through `modify` before it is cached, feeding a
-/// cache and `listeners` streams. The returned future runs the watch; it ends when every
+/// cache and `N` listener streams. The returned future runs the watch; it ends when every
 /// listener is gone.
-pub fn shared<K>(
+pub fn shared<K, const N: usize>(
     api: Api<K>,
     config: watcher::Config,
     modify: impl FnMut(&mut K) + Send + 'static,
-    listeners: usize,
-) -> (Store<K>, Vec<Listener<K>>, impl Future<Output = ()> + Send)
+) -> (Store<K>, [Listener<K>; N], impl Future<Output = ()> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
     K: 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..listeners).map(|_| mpsc::unbounded()).unzip();
+    let channels: [_; N] = std::array::from_fn(|_| mpsc::unbounded());
+    let (senders, receivers): (Vec<_>, Vec<_>) = channels.into_iter().unzip();
+    let receivers: [Listener<K>; N] = receivers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N channels make N receivers"));
     let kind = K::kind(&()).to_string();
     let run = async move {
         let mut changes = watcher(api, config)
