@@ -43,6 +43,10 @@ enum Command {
         /// Seconds a Lease lasts without renewal before another replica takes over.
         #[arg(long, default_value = "15")]
         leader_lease_seconds: u64,
+        /// How many migration Jobs may run at once across all Releases; more Releases wait
+        /// in `Pending` (reason MigrationQueued) and start in the order they asked. 0: no limit.
+        #[arg(long, env = "SLIPWAY_MAX_CONCURRENT_MIGRATIONS", default_value = "50")]
+        max_concurrent_migrations: usize,
         /// Log level (RUST_LOG, when set, wins).
         #[arg(long, env = "SLIPWAY_LOG_LEVEL", default_value = "info")]
         log_level: String,
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             leader_namespace,
             leader_lease,
             leader_lease_seconds,
+            max_concurrent_migrations,
         } => {
             telemetry::init(log_format, &log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -96,7 +101,12 @@ fn main() -> ExitCode {
                 lease_duration: std::time::Duration::from_secs(leader_lease_seconds.max(2)),
                 renew_every: std::time::Duration::from_secs((leader_lease_seconds / 5).clamp(1, 5)),
             });
-            match runtime.block_on(run(admin_addr, namespace, leader)) {
+            match runtime.block_on(run(
+                admin_addr,
+                namespace,
+                leader,
+                max_concurrent_migrations,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -112,6 +122,7 @@ async fn run(
     admin_addr: SocketAddr,
     namespace: Option<String>,
     leader: Option<slipway::leader::LeaderConfig>,
+    max_concurrent_migrations: usize,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = kube::Config::infer()
@@ -123,6 +134,7 @@ async fn run(
             admin_addr,
             namespace,
             leader,
+            max_concurrent_migrations,
         },
     )
     .await

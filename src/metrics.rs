@@ -66,6 +66,9 @@ pub struct Metrics {
     pub stale_reads: Family<KindLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
     pub ready: Gauge,
+    /// Migration Jobs running, and Releases queued for a slot to start one.
+    pub migrations_running: Gauge,
+    pub migrations_queued: Gauge,
     /// Every request the operator sends to the API server, by HTTP method.
     pub api_requests: Family<VerbLabels, Counter>,
 }
@@ -81,6 +84,8 @@ impl Default for Metrics {
                 Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
             }),
             ready: Gauge::default(),
+            migrations_running: Gauge::default(),
+            migrations_queued: Gauge::default(),
             api_requests: Family::default(),
         }
     }
@@ -114,6 +119,16 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Time spent in one reconciliation",
             self.duration.clone(),
+        );
+        r.register(
+            "migrations_running",
+            "Migration Jobs running (each holds one of --max-concurrent-migrations slots)",
+            self.migrations_running.clone(),
+        );
+        r.register(
+            "migrations_queued",
+            "Releases waiting for a migration slot",
+            self.migrations_queued.clone(),
         );
         r.register(
             "ready",

@@ -572,6 +572,135 @@ async fn operator_killed_mid_migration_runs_it_once_and_finishes() {
     assert_eq!(pods.items.len(), 1, "the migration ran once");
 }
 
+/// The most migration Jobs seen running at once, and the names of Jobs in the order first seen.
+type JobsSeen = Arc<std::sync::Mutex<(usize, Vec<String>)>>;
+
+/// Watches `jobs` for [`JobsSeen`] until the task is aborted.
+fn watch_concurrent_jobs(jobs: Api<Job>) -> (JobsSeen, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(std::sync::Mutex::new((0usize, Vec::<String>::new())));
+    let s2 = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut running = std::collections::HashSet::new();
+        let mut s = std::pin::pin!(watcher(jobs, watcher::Config::default()).applied_objects());
+        while let Some(Ok(j)) = s.next().await {
+            let name = j.metadata.name.clone().unwrap_or_default();
+            let done = j
+                .status
+                .as_ref()
+                .is_some_and(|s| s.succeeded.unwrap_or(0) > 0 || s.failed.unwrap_or(0) > 0);
+            let mut seen = s2.lock().unwrap();
+            if !seen.1.contains(&name) {
+                seen.1.push(name.clone());
+            }
+            if done {
+                running.remove(&name);
+            } else {
+                running.insert(name);
+            }
+            seen.0 = seen.0.max(running.len());
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test]
+async fn migrations_beyond_the_limit_wait_their_turn_also_across_a_restart() {
+    let client = client_with_crds().await;
+    let ns = TestNamespace::new(&client, "rel-slots").await;
+    let ns_name = ns.name.clone();
+    let args = [
+        "--namespace",
+        ns_name.as_str(),
+        "--max-concurrent-migrations",
+        "1",
+    ];
+    let op = Operator::start(&args);
+    let mut f = Fixture { client, ns, op };
+    f.env("dev", json!({})).await;
+    let (seen, watch) = watch_concurrent_jobs(f.jobs());
+
+    f.release("first", spec("v1", Some(SLOW), None)).await;
+    f.phase("first", Phase::Migrating, Duration::from_secs(60))
+        .await;
+    f.release("second", spec("v1", Some(SLOW), None)).await;
+    let second = f
+        .phase("second", Phase::Pending, Duration::from_secs(30))
+        .await;
+    let ready = find_condition(&second.status.clone().unwrap().conditions, "Ready")
+        .cloned()
+        .expect("a queued Release has a Ready condition");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "MigrationQueued");
+    assert!(
+        ready.message.contains("--max-concurrent-migrations"),
+        "the message names the setting: {}",
+        ready.message
+    );
+    assert!(
+        second.status.as_ref().unwrap().migration.is_none(),
+        "no migration recorded while queued"
+    );
+    // "first" runs for 8 s: meanwhile the gauges say one running, one queued.
+    eventually(
+        "the metrics to show one migration running and one queued",
+        Duration::from_secs(5),
+        || async {
+            let running = f.op.metric("slipway_migrations_running", &[]).await;
+            let queued = f.op.metric("slipway_migrations_queued", &[]).await;
+            (running == 1 && queued == 1).then_some(())
+        },
+    )
+    .await;
+    f.release(
+        "third",
+        spec("v1", Some("example.test/shop-migrator:v1"), None),
+    )
+    .await;
+    f.phase("third", Phase::Pending, Duration::from_secs(30))
+        .await;
+
+    // "second" asked first, so it starts when "first" finishes; restart the operator while
+    // its (slow) migration runs: the new process must count it and keep "third" waiting.
+    f.phase("second", Phase::Migrating, Duration::from_secs(60))
+        .await;
+    f.op.child.kill().unwrap();
+    f.op.child.wait().unwrap();
+    f.op = Operator::start(&args);
+    for name in ["first", "second", "third"] {
+        f.phase(name, Phase::Succeeded, Duration::from_secs(90))
+            .await;
+    }
+    watch.abort();
+    let (most, order) = seen.lock().unwrap().clone();
+    assert_eq!(most, 1, "at most one migration Job ran at a time");
+    let order: Vec<String> = order
+        .iter()
+        .map(|n| n.split('-').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        ["first", "second", "third"],
+        "first come, first served"
+    );
+
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    let queued: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("MigrationQueued"))
+        .filter_map(|e| e.regarding.as_ref()?.name.clone())
+        .collect();
+    assert!(
+        queued.contains(&"second".to_string()) && queued.contains(&"third".to_string()),
+        "an Event says each queued Release waits: {queued:?}"
+    );
+    assert!(!queued.contains(&"first".to_string()), "{queued:?}");
+}
+
 #[tokio::test]
 async fn migration_job_deleted_after_success_is_not_run_again() {
     let f = Fixture::new("rel-gc").await;

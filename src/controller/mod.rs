@@ -8,6 +8,7 @@ pub mod environment;
 pub mod freshness;
 pub mod release;
 pub mod scaled_worker;
+pub mod slots;
 mod status;
 pub mod watches;
 
@@ -114,6 +115,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Reconcile only while holding this Lease.
     pub leader: Option<crate::leader::LeaderConfig>,
+    /// How many migration Jobs may run at once; more Releases wait in a queue (0: no limit).
+    pub max_concurrent_migrations: usize,
 }
 
 /// Fails with a message saying what to do when a CRD is missing.
@@ -149,7 +152,7 @@ pub async fn check_crds_installed(client: &Client, namespace: Option<&str>) -> a
 /// Resolves once the store has seen its initial list. Re-polled on a short timer: the store's
 /// readiness signal wakes only one waiter (the controller's own), so a second waiter could
 /// otherwise sleep forever.
-async fn synced<K>(
+pub(crate) async fn synced<K>(
     store: &kube::runtime::reflector::Store<K>,
 ) -> Result<(), kube::runtime::reflector::store::WriterDropped>
 where
@@ -283,6 +286,7 @@ pub async fn run(config: kube::Config, opts: RunOptions) -> anyhow::Result<()> {
         ctx.clone(),
         (rel_store.clone(), rel_releases),
         (dep_store.clone(), rel_deployments),
+        opts.max_concurrent_migrations,
     );
     let (sw_ctrl, sw_store) = scaled_worker::controller(ctx.clone(), dep_store.clone());
 

@@ -14,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 
+use super::slots::{Slot, Slots};
 use super::status::write_status;
 use super::watches::Listener;
 use super::{error_policy, Context, Error};
@@ -46,6 +47,10 @@ pub struct ReleaseContext {
     /// When this process last wrote each Release's status (by uid), to space out writes that
     /// only report rollout progress.
     pub progress: ProgressWrites,
+    /// Watch cache of Releases (the controller's own).
+    pub releases: Store<Release>,
+    /// Which Releases run a migration, and which wait for a slot to start one.
+    pub migration_slots: Slots<ObjectRef<Release>>,
 }
 
 /// The least time between two status writes of one Release that differ only in
@@ -112,10 +117,12 @@ fn release_error_policy(rel: Arc<Release>, err: &Error, ctx: Arc<ReleaseContext>
 
 /// `releases` and `deployments`: the shared watches of Releases and Deployments
 /// (`super::watches`), each a cache and this controller's stream of changes.
+/// `max_concurrent_migrations`: how many migration Jobs may run at once (0: no limit).
 pub fn controller(
     ctx: Arc<Context>,
     releases: (Store<Release>, Listener<Release>),
     deployments: (Store<Deployment>, Listener<Deployment>),
+    max_concurrent_migrations: usize,
 ) -> impl futures::Stream<Item = Result<(ObjectRef<Release>, Requeue), impl std::error::Error>> {
     // A burst of watch events (a Deployment's status changes as its pods start) becomes one
     // reconcile. Kept short: every step of a rollout (Release created, migration done,
@@ -147,6 +154,7 @@ pub fn controller(
             .default_backoff()
             .reflect(env_writer)
             .touched_objects();
+    let (migration_slots, slot_freed) = Slots::new(max_concurrent_migrations);
     let rctx = Arc::new(ReleaseContext {
         base: ctx.clone(),
         deployments,
@@ -154,9 +162,13 @@ pub fn controller(
         jobs,
         environments,
         progress: ProgressWrites::default(),
+        releases: store.clone(),
+        migration_slots,
     });
     let releases = store;
     controller
+        // A Release queued for a migration slot is woken when the slot is its.
+        .reconcile_on(slot_freed)
         .owns_stream(job_events)
         .owns_stream(deployment_events)
         .watches_stream(sw_events, |sw: ScaledWorker| {
@@ -240,6 +252,7 @@ async fn with_finalizer(
         caches
             .progress
             .forget(rel.uid().as_deref().unwrap_or_default());
+        caches.migration_slots.release(&slot_key(&rel));
         return Ok(Requeue::await_change());
     }
     // Owner references let the garbage collector remove what a Release created in its own
@@ -526,6 +539,36 @@ fn verify_url(rel: &Release, plan: &RevisionPlan, target_ns: &str) -> Option<Str
     ))
 }
 
+fn slot_key(rel: &Release) -> ObjectRef<Release> {
+    ObjectRef::new(&rel.name_any()).within(&rel.namespace().unwrap_or_default())
+}
+
+/// Asks for a migration slot for `me`. The first ask after a start counts the migrations the
+/// cache shows running (started before a restart, or by another replica before a failover).
+async fn take_slot(caches: &ReleaseContext, me: &ObjectRef<Release>) -> Slot {
+    let slots = &caches.migration_slots;
+    if !slots.is_seeded() {
+        if super::synced(&caches.releases).await.is_err() {
+            // The cache's writer is gone (shutting down): never block on it.
+            return Slot::Granted;
+        }
+        slots.seed(
+            caches
+                .releases
+                .state()
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .and_then(|s| s.migration.as_ref())
+                        .is_some_and(|m| m.state == "Running")
+                })
+                .map(|r| slot_key(r)),
+        );
+    }
+    slots.try_acquire(me, |k| caches.releases.get(k).is_some())
+}
+
 /// `env`: the Release's Environment from the watch cache, if there.
 async fn apply(
     rel: Arc<Release>,
@@ -599,6 +642,7 @@ async fn apply(
         frozen: env.spec.freeze,
         promotion: promotion_gate(&rel, &env, ctx).await?,
         approval: approval_gate(&rel, &env),
+        migration_slot: Gate::Open,
     };
     let migration = match &status.migration {
         Some(m) if m.state == "Running" => platform.migration(&m.job, Some(&caches.jobs)).await?,
@@ -638,7 +682,7 @@ async fn apply(
                 .unwrap_or_default();
             (r, version)
         });
-    let input = machine::Input {
+    let mut input = machine::Input {
         generation,
         version: rel.spec.version.clone(),
         retry,
@@ -664,6 +708,38 @@ async fn apply(
         now: chrono::Utc::now(),
     };
     let mut decision = machine::decide(&input);
+    // Starting a migration takes a slot; without one the Release waits in Pending, queued.
+    let me = slot_key(&rel);
+    let starts = decision.actions.contains(&machine::Action::StartMigration)
+        && status
+            .migration
+            .as_ref()
+            .is_none_or(|m| m.state != "Running");
+    let mut queued = false;
+    if starts {
+        if let Slot::Queued { .. } = take_slot(caches, &me).await {
+            queued = true;
+            input.gates.migration_slot = Gate::Waiting(format!(
+                "waiting for a migration slot: at most {} migrations run at once (--max-concurrent-migrations); \
+                 queued Releases start in the order they asked",
+                caches.migration_slots.limit()
+            ));
+            decision = machine::decide(&input);
+        }
+    }
+    if decision
+        .status
+        .migration
+        .as_ref()
+        .is_some_and(|m| m.state == "Running")
+    {
+        caches.migration_slots.hold(&me);
+    } else if !queued {
+        caches.migration_slots.release(&me);
+    }
+    let (running, waiting) = caches.migration_slots.counts();
+    ctx.metrics.migrations_running.set(running as i64);
+    ctx.metrics.migrations_queued.set(waiting as i64);
 
     for action in &decision.actions {
         match action {

@@ -48,6 +48,9 @@ pub struct Gates {
     pub frozen: bool,
     pub promotion: Gate,
     pub approval: Gate,
+    /// Whether a migration may start now (`--max-concurrent-migrations`); consulted only when
+    /// the revision is about to start one.
+    pub migration_slot: Gate,
 }
 
 impl Gates {
@@ -56,6 +59,7 @@ impl Gates {
             frozen: false,
             promotion: Gate::Open,
             approval: Gate::Open,
+            migration_slot: Gate::Open,
         }
     }
 }
@@ -269,6 +273,15 @@ pub fn decide(inp: &Input) -> Decision {
                 });
             }
             Phase::Migrating => match st.migration.as_ref().map(|m| m.state.as_str()) {
+                None if inp.gates.migration_slot != Gate::Open => {
+                    st.phase = Some(Phase::Pending);
+                    reason = "MigrationQueued".into();
+                    if let Gate::Waiting(why) = &inp.gates.migration_slot {
+                        message = why.clone();
+                    }
+                    requeue = POLL;
+                    break;
+                }
                 None => {
                     st.migration = Some(MigrationStatus {
                         job: inp.migration_job_name.clone(),
@@ -461,9 +474,15 @@ pub fn decide(inp: &Input) -> Decision {
                 message = format!("{}; {message}", events.remove(i).message);
             }
         }
+        // Queued for a migration slot is Pending with a reason worth naming.
+        let event_reason = if p == Phase::Pending && reason == "MigrationQueued" {
+            reason.clone()
+        } else {
+            p.as_str().into()
+        };
         events.push(EventNote {
             warning,
-            reason: p.as_str().into(),
+            reason: event_reason,
             message,
         });
     }
@@ -826,6 +845,35 @@ mod tests {
         inp.gates.approval = Gate::Open;
         let d = step(&mut inp);
         assert_eq!(d.status.phase, Some(Phase::Migrating));
+    }
+
+    #[test]
+    fn a_migration_waits_for_a_slot_in_pending_and_says_why() {
+        let mut inp = input(1, ReleaseStatus::default());
+        let why = "waiting for a migration slot: at most 2 migrations run at once";
+        inp.gates.migration_slot = Gate::Waiting(why.into());
+        let d = step(&mut inp);
+        assert_eq!(d.status.phase, Some(Phase::Pending));
+        assert!(d.actions.is_empty(), "nothing starts while queued");
+        assert!(d.status.migration.is_none());
+        assert_eq!(cond(&d.status, "Ready").reason, "MigrationQueued");
+        assert_eq!(cond(&d.status, "Ready").message, why);
+        assert_eq!(cond(&d.status, "Reconciling").status, "True");
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.events[0].reason, "MigrationQueued");
+        // Asked again while still queued: the same status, no new Event.
+        let again = step(&mut inp);
+        assert_eq!(again.status, d.status);
+        assert!(again.events.is_empty());
+        inp.gates.migration_slot = Gate::Open;
+        let d = step(&mut inp);
+        assert_eq!(d.status.phase, Some(Phase::Migrating));
+        assert_eq!(d.actions, vec![Action::StartMigration]);
+        // A running migration never waits for a slot.
+        inp.gates.migration_slot = Gate::Waiting(why.into());
+        let d = step(&mut inp);
+        assert_eq!(d.status.phase, Some(Phase::Migrating));
+        assert_eq!(d.status.migration.as_ref().unwrap().state, "Running");
     }
 
     fn succeeded_v1() -> Input {
