@@ -152,18 +152,59 @@ impl Metrics {
 impl Metrics {
     /// A kube client whose every request is counted in `api_requests`, by verb (GET, LIST,
     /// WATCH, POST, PUT, PATCH, DELETE) and resource.
-    pub fn counting_client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
+    ///
+    /// It offers HTTP/2 (ALPN `h2`, falling back to HTTP/1.1): every request and watch shares
+    /// one connection, as with client-go. kube's default client speaks HTTP/1.1 only and opens
+    /// a connection (and a TLS handshake on the API server) per concurrent request: 265 of
+    /// them within two seconds when 200 Releases arrived together.
+    pub fn counting_client(&self, config: kube::Config) -> anyhow::Result<kube::Client> {
+        use anyhow::Context as _;
+        use kube::client::ConfigExt;
+        use tower::ServiceBuilder;
+
         let counter = self.api_requests.clone();
-        let layer =
+        let counting =
             tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
                 counter
                     .get_or_create(&request_labels(req.method(), req.uri()))
                     .inc();
                 req
             });
-        Ok(kube::client::ClientBuilder::try_from(config)?
-            .with_layer(&layer)
-            .build())
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(config.connect_timeout);
+        let tls = config
+            .rustls_client_config()
+            .context("TLS settings of the kubeconfig")?;
+        let mut https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        if let Some(name) = &config.tls_server_name {
+            let name = rustls::pki_types::ServerName::try_from(name.clone())
+                .with_context(|| format!("tls-server-name {name:?} of the kubeconfig"))?;
+            https =
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+        }
+        let https = https.enable_all_versions().wrap_connector(http);
+        let transport =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, kube::client::Body>(https);
+        let service = ServiceBuilder::new()
+            .layer(config.base_uri_layer())
+            .option_layer(
+                config
+                    .auth_layer()
+                    .context("credentials of the kubeconfig")?,
+            )
+            .layer(
+                config
+                    .extra_headers_layer()
+                    .context("impersonation headers of the kubeconfig")?,
+            )
+            .layer(counting)
+            .map_err(tower::BoxError::from)
+            .service(transport);
+        Ok(kube::Client::new(service, config.default_namespace))
     }
 }
 

@@ -200,3 +200,60 @@ async fn a_no_op_reconcile_writes_nothing() {
     );
     assert_eq!(after.status, first.status);
 }
+
+#[tokio::test]
+async fn concurrent_reconciles_share_one_connection_to_the_api_server() {
+    let client = client_with_crds().await;
+    let ns = TestNamespace::new(&client, "h2").await;
+    let envs: Api<Environment> = Api::namespaced(client.clone(), &ns.name);
+    envs.create(&PostParams::default(), &env_manifest("dev"))
+        .await
+        .unwrap();
+    let op = Operator::start(&["--namespace", &ns.name]);
+    let releases: Api<Release> = Api::namespaced(client.clone(), &ns.name);
+    // 40 Releases at once: 40 reconciles in flight, each with several requests.
+    futures::future::join_all((0..40).map(|i| {
+        let releases = releases.clone();
+        async move {
+            releases
+                .create(
+                    &PostParams::default(),
+                    &release_manifest(&format!("app{i}"), "dev", "v1"),
+                )
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    eventually(
+        "all 40 Releases to report status",
+        Duration::from_secs(90),
+        || async {
+            let l = releases.list(&Default::default()).await.ok()?;
+            l.items
+                .iter()
+                .all(|r| {
+                    r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let port = client_api_port();
+    let conns = tcp_connections_to(op.child.id(), port);
+    // HTTP/2 multiplexes every request and watch over one connection; an HTTP/1.1 pool opens
+    // one per request in flight. One more is allowed for a reconnect in progress.
+    assert!(
+        (1..=2).contains(&conns),
+        "the operator holds {conns} connections to the API server (port {port}); want 1"
+    );
+}
+
+/// The API server's port, from the kubeconfig the tests use.
+fn client_api_port() -> u16 {
+    let kc = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    kc.lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .and_then(|url| url.rsplit(':').next()?.trim_end_matches('/').parse().ok())
+        .expect("a server: https://host:port line in the kubeconfig")
+}

@@ -286,11 +286,21 @@ async fn happy_path_runs_the_migration_before_any_deployment_changes() {
         hpas.get_opt("shop-api").await.unwrap().is_none(),
         "no HPA for a fixed count"
     );
-    let events =
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name)
-            .list(&ListParams::default())
-            .await
-            .unwrap();
+    // The Succeeded Event is recorded right after the status write that the wait above saw.
+    let events_api =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name);
+    let events = eventually(
+        "the Succeeded Event on the Release",
+        Duration::from_secs(10),
+        || async {
+            let l = events_api.list(&ListParams::default()).await.ok()?;
+            l.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("Succeeded"))
+                .then_some(l)
+        },
+    )
+    .await;
     let reasons: Vec<String> = events
         .items
         .iter()

@@ -328,6 +328,35 @@ impl Operator {
     }
 }
 
+/// Established TCP connections of process `pid` to `port` (any address), from /proc: the
+/// process's socket inodes matched against the kernel's TCP tables.
+pub fn tcp_connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().to_string();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port_hex = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(String::from).collect::<Vec<_>>())
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state (01 = ESTABLISHED), ..., inode (10th column)
+            cols.len() > 9
+                && cols[2].ends_with(&port_hex)
+                && cols[3] == "01"
+                && inodes.contains(cols[9])
+        })
+        .count()
+}
+
 /// Peak RSS (MiB) and CPU seconds (user + system) of a process, from /proc.
 pub fn proc_stats(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
