@@ -232,7 +232,12 @@ impl Operator {
             .arg(admin.to_string())
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "info,slipway=debug")
+            // SLIPWAY_OPERATOR_RUST_LOG: other log directives for the operator under test.
+            .env(
+                "RUST_LOG",
+                std::env::var("SLIPWAY_OPERATOR_RUST_LOG")
+                    .unwrap_or_else(|_| "info,slipway=debug".into()),
+            )
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
