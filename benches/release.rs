@@ -294,9 +294,16 @@ fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> String {
         .zip(before)
         .map(|((n, a), (_, b))| format!("{n} {:.1}", a - b))
         .collect();
-    let total: f64 =
-        after.iter().map(|x| x.1).sum::<f64>() - before.iter().map(|x| x.1).sum::<f64>();
-    format!("{total:.1} ({})", parts.join(", "))
+    format!(
+        "{:.1} ({})",
+        cpu_sum(after) - cpu_sum(before),
+        parts.join(", ")
+    )
+}
+
+/// CPU seconds of all the processes in a [`control_plane_cpu`] reading.
+fn cpu_sum(v: &[(String, f64)]) -> f64 {
+    v.iter().map(|x| x.1).sum()
 }
 
 /// With `SLIPWAY_BENCH_PPROF=<dir>`, records a 20 s CPU profile of the API server into
@@ -389,11 +396,10 @@ fn release(i: usize) -> Release {
 /// starts from the same idle state.
 async fn settle(label: &str) {
     let start = Instant::now();
-    let total = |v: &[(String, f64)]| v.iter().map(|x| x.1).sum::<f64>();
     loop {
-        let before = total(&control_plane_cpu());
+        let before = cpu_sum(&control_plane_cpu());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let used = total(&control_plane_cpu()) - before;
+        let used = cpu_sum(&control_plane_cpu()) - before;
         if used < 0.2 || start.elapsed() > Duration::from_secs(90) {
             eprintln!(
                 "{label}: control plane quiet after {:.0}s ({used:.2} CPU s in the last 2 s); kube-apiserver RSS {:.0} MiB",
@@ -448,19 +454,10 @@ async fn fresh_plane(client: Client, label: &str) -> Client {
 
 /// Resident memory of this plane's kube-apiserver.
 fn apiserver_rss_mib() -> f64 {
-    let Some((pid, _)) = plane_processes()
+    plane_processes()
         .into_iter()
         .find(|(_, comm)| comm == "kube-apiserver")
-    else {
-        return 0.0;
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+        .map_or(0.0, |(pid, _)| proc_memory_mib(pid, "VmRSS"))
 }
 
 /// Control-plane CPU, API server request counters and (optionally) a profile over one run.
@@ -489,8 +486,7 @@ impl Measure {
         tasks: Vec<JoinHandle<()>>,
     ) -> Run {
         let cpu1 = control_plane_cpu();
-        let cpu_total =
-            cpu1.iter().map(|x| x.1).sum::<f64>() - self.cpu0.iter().map(|x| x.1).sum::<f64>();
+        let cpu_total = cpu_sum(&cpu1) - cpu_sum(&self.cpu0);
         let control_plane_cpu = cpu_delta(&self.cpu0, &cpu1);
         let requests = requests_delta(&self.req0, &apiserver_requests(client).await);
         if let Some(p) = self.prof.as_mut() {

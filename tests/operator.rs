@@ -239,7 +239,11 @@ async fn concurrent_reconciles_share_one_connection_to_the_api_server() {
         },
     )
     .await;
-    let port = client_api_port();
+    let port = config()
+        .await
+        .cluster_url
+        .port_u16()
+        .expect("the test cluster's URL names a port");
     let conns = tcp_connections_to(op.child.id(), port);
     // HTTP/2 multiplexes every request and watch over one connection; an HTTP/1.1 pool opens
     // one per request in flight. One more is allowed for a reconnect in progress.
@@ -247,13 +251,4 @@ async fn concurrent_reconciles_share_one_connection_to_the_api_server() {
         (1..=2).contains(&conns),
         "the operator holds {conns} connections to the API server (port {port}); want 1"
     );
-}
-
-/// The API server's port, from the kubeconfig the tests use.
-fn client_api_port() -> u16 {
-    let kc = std::fs::read_to_string(kubeconfig_path()).unwrap();
-    kc.lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .and_then(|url| url.rsplit(':').next()?.trim_end_matches('/').parse().ok())
-        .expect("a server: https://host:port line in the kubeconfig")
 }

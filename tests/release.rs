@@ -287,8 +287,7 @@ async fn happy_path_runs_the_migration_before_any_deployment_changes() {
         "no HPA for a fixed count"
     );
     // The Succeeded Event is recorded right after the status write that the wait above saw.
-    let events_api =
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name);
+    let events_api = f.api::<k8s_openapi::api::events::v1::Event>();
     let events = eventually(
         "the Succeeded Event on the Release",
         Duration::from_secs(10),
@@ -615,17 +614,8 @@ fn watch_concurrent_jobs(jobs: Api<Job>) -> (JobsSeen, tokio::task::JoinHandle<(
 
 #[tokio::test]
 async fn migrations_beyond_the_limit_wait_their_turn_also_across_a_restart() {
-    let client = client_with_crds().await;
-    let ns = TestNamespace::new(&client, "rel-slots").await;
-    let ns_name = ns.name.clone();
-    let args = [
-        "--namespace",
-        ns_name.as_str(),
-        "--max-concurrent-migrations",
-        "1",
-    ];
-    let op = Operator::start(&args);
-    let mut f = Fixture { client, ns, op };
+    const LIMIT: [&str; 2] = ["--max-concurrent-migrations", "1"];
+    let mut f = Fixture::with_args("rel-slots", &LIMIT).await;
     f.env("dev", json!({})).await;
     let (seen, watch) = watch_concurrent_jobs(f.jobs());
 
@@ -675,7 +665,7 @@ async fn migrations_beyond_the_limit_wait_their_turn_also_across_a_restart() {
         .await;
     f.op.child.kill().unwrap();
     f.op.child.wait().unwrap();
-    f.op = Operator::start(&args);
+    f.op = Operator::start(&[&["--namespace", f.ns.name.as_str()], &LIMIT[..]].concat());
     for name in ["first", "second", "third"] {
         f.phase(name, Phase::Succeeded, Duration::from_secs(90))
             .await;
@@ -693,11 +683,11 @@ async fn migrations_beyond_the_limit_wait_their_turn_also_across_a_restart() {
         "first come, first served"
     );
 
-    let events =
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(f.client.clone(), &f.ns.name)
-            .list(&ListParams::default())
-            .await
-            .unwrap();
+    let events = f
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     let queued: Vec<_> = events
         .items
         .iter()

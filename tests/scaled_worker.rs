@@ -30,7 +30,6 @@ use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::Api;
 use serde_json::json;
 use slipway::api::{find_condition, Environment, Phase, Release, ScaledWorker, ScaledWorkerStatus};
 
@@ -240,7 +239,7 @@ impl Fixture {
 
     /// (reason, message) of the Events on the ScaledWorker `sw`.
     async fn events(&self, sw: &str) -> Vec<(String, String)> {
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(self.client.clone(), &self.ns.name)
+        self.api::<k8s_openapi::api::events::v1::Event>()
             .list(&ListParams::default())
             .await
             .unwrap()

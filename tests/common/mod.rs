@@ -63,14 +63,18 @@ pub fn owns_cluster() -> bool {
 }
 
 /// A client for the test cluster.
-pub async fn client() -> Client {
+/// The client configuration of [`kubeconfig_path`].
+pub async fn config() -> Config {
     let path = kubeconfig_path();
     let kubeconfig =
         Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    Client::try_from(config).expect("building a client")
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+pub async fn client() -> Client {
+    Client::try_from(config().await).expect("building a client")
 }
 
 /// A client with the Slipway CRDs installed (server-side apply; idempotent) and Established.
@@ -362,14 +366,20 @@ pub fn tcp_connections_to(pid: u32, port: u16) -> usize {
         .count()
 }
 
+/// A memory figure of a process in MiB from /proc/PID/status (`VmHWM` peak, `VmRSS` now);
+/// 0 when the process or the line is missing.
+pub fn proc_memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
 /// Peak RSS (MiB) and CPU seconds (user + system) of a process, from /proc.
 pub fn proc_stats(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -385,7 +395,7 @@ pub fn proc_stats(pid: u32) -> (f64, f64) {
             .get(12)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
-    (hwm_kib / 1024.0, ticks / 100.0) // USER_HZ is 100 on Linux
+    (proc_memory_mib(pid, "VmHWM"), ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
 /// A test's namespace with an operator that watches only it. Test files add their own
@@ -398,9 +408,14 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(prefix: &str) -> Fixture {
+        Fixture::with_args(prefix, &[]).await
+    }
+
+    /// Like [`Fixture::new`], the operator started with `extra_args` as well.
+    pub async fn with_args(prefix: &str, extra_args: &[&str]) -> Fixture {
         let client = client_with_crds().await;
         let ns = TestNamespace::new(&client, prefix).await;
-        let op = Operator::start(&["--namespace", &ns.name]);
+        let op = Operator::start(&[&["--namespace", ns.name.as_str()], extra_args].concat());
         Fixture { client, ns, op }
     }
 
