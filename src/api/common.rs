@@ -66,11 +66,33 @@ pub mod status {
     pub const UNKNOWN: &str = "Unknown";
 }
 
-/// The condition types every kind carries (kstatus-compatible).
+/// The condition types every kind carries (kstatus-compatible). `Ready` is always present;
+/// `Reconciling` and `Stalled` are "abnormal-true" and present only while True (see
+/// [`set_abnormal_condition`]).
 pub mod condition_type {
     pub const READY: &str = "Ready";
     pub const RECONCILING: &str = "Reconciling";
     pub const STALLED: &str = "Stalled";
+}
+
+/// Sets an "abnormal-true" condition (kstatus `Reconciling` and `Stalled`, Release
+/// `RolledBack`) while it holds (`new` is Some) and removes the condition of that type when
+/// it does not. kstatus reads a missing one as False ("the absence of any conditions means
+/// everything is normal"), as Flux's controllers write them; leaving them out also keeps
+/// every status write smaller. Returns true when anything changed.
+pub fn set_abnormal_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    new: Option<Condition>,
+) -> bool {
+    match new {
+        Some(c) => {
+            debug_assert_eq!(c.type_, type_);
+            debug_assert_eq!(c.status, status::TRUE);
+            set_condition(conditions, c)
+        }
+        None => remove_condition(conditions, type_),
+    }
 }
 
 /// Sets (or replaces) the condition of the same type, keeping `lastTransitionTime` when the

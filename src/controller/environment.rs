@@ -13,8 +13,8 @@ use super::status::{condition, write_status};
 use super::watches::Listener;
 use super::{error_policy, Context, Error};
 use crate::api::{
-    condition_type, set_condition, status, Environment, EnvironmentRelease, EnvironmentSpec,
-    Release,
+    condition_type, remove_condition, set_condition, status, Environment, EnvironmentRelease,
+    EnvironmentSpec, Release,
 };
 use crate::metrics::Metrics;
 
@@ -178,14 +178,8 @@ pub async fn reconcile(
                 c,
                 condition(condition_type::READY, status::TRUE, "Ready", msg, g),
             );
-            set_condition(
-                c,
-                condition(condition_type::RECONCILING, status::FALSE, "Ready", "", g),
-            );
-            set_condition(
-                c,
-                condition(condition_type::STALLED, status::FALSE, "Ready", "", g),
-            );
+            remove_condition(c, condition_type::RECONCILING);
+            remove_condition(c, condition_type::STALLED);
         }
         Some(p) => {
             set_condition(
@@ -198,10 +192,7 @@ pub async fn reconcile(
                     g,
                 ),
             );
-            set_condition(
-                c,
-                condition(condition_type::RECONCILING, status::FALSE, p.reason, "", g),
-            );
+            remove_condition(c, condition_type::RECONCILING);
             set_condition(
                 c,
                 condition(

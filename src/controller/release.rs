@@ -324,7 +324,7 @@ async fn blocked(
     message: String,
     stalled: bool,
 ) -> Result<Requeue, Error> {
-    use crate::api::{condition_type, set_condition, status};
+    use crate::api::{condition_type, remove_condition, set_condition, status};
     let g = rel.metadata.generation;
     let mut st = rel.status.clone().unwrap_or_default();
     st.observed_generation = g;
@@ -343,34 +343,15 @@ async fn blocked(
             g,
         ),
     );
-    set_condition(
-        c,
-        mk(
-            condition_type::RECONCILING,
-            if stalled { status::FALSE } else { status::TRUE },
-            reason,
-            if stalled {
-                String::new()
-            } else {
-                message.clone()
-            },
-            g,
-        ),
-    );
-    set_condition(
-        c,
-        mk(
-            condition_type::STALLED,
-            if stalled { status::TRUE } else { status::FALSE },
-            reason,
-            if stalled {
-                message.clone()
-            } else {
-                String::new()
-            },
-            g,
-        ),
-    );
+    // Waiting on something that may resolve itself (Reconciling) or on a spec change
+    // (Stalled); the other one is absent.
+    let (present, gone) = if stalled {
+        (condition_type::STALLED, condition_type::RECONCILING)
+    } else {
+        (condition_type::RECONCILING, condition_type::STALLED)
+    };
+    set_condition(c, mk(present, status::TRUE, reason, message.clone(), g));
+    remove_condition(c, gone);
     if write_status(rel, &st, ctx).await? {
         publish(ctx, rel, true, reason, &message).await;
     }

@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use crate::api::{format_time, parse_time};
 
 use crate::api::{
-    condition_type, set_condition, status, Condition, MigrationStatus, Phase, ReleaseStatus,
-    RevisionRecord,
+    condition_type, set_abnormal_condition, set_condition, status, Condition, MigrationStatus,
+    Phase, ReleaseStatus, RevisionRecord,
 };
 
 /// Condition types specific to Release.
@@ -546,8 +546,9 @@ fn cond(type_: &str, s: &str, reason: &str, message: &str, gen: i64, now: &str) 
     Condition::new(type_, s, reason, message, Some(gen), now)
 }
 
-/// Derives every condition from the phase, kstatus-style: Ready, Reconciling, Stalled plus the
-/// Release-specific ones.
+/// Derives every condition from the phase, kstatus-style: Ready, Reconciling and Stalled (the
+/// last two only while True) plus the Release-specific ones (`RolledBack` only after a
+/// rollback).
 fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message: &str) {
     use release_condition::*;
     let g = inp.generation;
@@ -573,9 +574,10 @@ fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message:
         c,
         cond(condition_type::READY, ready, reason, message, g, &now),
     );
-    set_condition(
+    set_abnormal_condition(
         c,
-        if reconciling {
+        condition_type::RECONCILING,
+        reconciling.then(|| {
             cond(
                 condition_type::RECONCILING,
                 status::TRUE,
@@ -584,20 +586,12 @@ fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message:
                 g,
                 &now,
             )
-        } else {
-            cond(
-                condition_type::RECONCILING,
-                status::FALSE,
-                reason,
-                "",
-                g,
-                &now,
-            )
-        },
+        }),
     );
-    set_condition(
+    set_abnormal_condition(
         c,
-        if stalled {
+        condition_type::STALLED,
+        stalled.then(|| {
             cond(
                 condition_type::STALLED,
                 status::TRUE,
@@ -606,9 +600,7 @@ fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message:
                 g,
                 &now,
             )
-        } else {
-            cond(condition_type::STALLED, status::FALSE, reason, "", g, &now)
-        },
+        }),
     );
     if let Some(m) = st.migration.clone() {
         let (s, r) = match m.state.as_str() {
@@ -655,25 +647,12 @@ fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message:
         _ => status::UNKNOWN,
     };
     set_condition(c, cond(HEALTHY, healthy, reason, "", g, &now));
-    let rolled_back = phase == Phase::RolledBack;
-    set_condition(
+    // Abnormal-true like Stalled: present only after a rollback.
+    set_abnormal_condition(
         c,
-        cond(
-            ROLLED_BACK,
-            if rolled_back {
-                status::TRUE
-            } else {
-                status::FALSE
-            },
-            if rolled_back {
-                "RolledBack"
-            } else {
-                "NotRolledBack"
-            },
-            if rolled_back { message } else { "" },
-            g,
-            &now,
-        ),
+        ROLLED_BACK,
+        (phase == Phase::RolledBack)
+            .then(|| cond(ROLLED_BACK, status::TRUE, "RolledBack", message, g, &now)),
     );
 }
 
@@ -731,6 +710,24 @@ mod tests {
         assert_eq!(d.status.migration.as_ref().unwrap().state, "Running");
         assert_eq!(cond(&d.status, "Ready").status, "False");
         assert_eq!(cond(&d.status, "Reconciling").status, "True");
+        let types: Vec<_> = d
+            .status
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            vec![
+                "Ready",
+                "Reconciling",
+                "MigrationSucceeded",
+                "RolledOut",
+                "Healthy"
+            ],
+            "no Stalled or RolledBack while they are False: {:#?}",
+            d.status.conditions
+        );
         // Still running: no service action, no second start.
         inp.migration = MigrationObserved::Running;
         let d = step(&mut inp);
@@ -752,8 +749,19 @@ mod tests {
         assert_eq!(d.status.version.as_deref(), Some("v1"));
         assert_eq!(d.status.last_succeeded_revision, Some(1));
         assert_eq!(cond(&d.status, "Ready").status, "True");
-        assert_eq!(cond(&d.status, "Reconciling").status, "False");
-        assert_eq!(cond(&d.status, "Stalled").status, "False");
+        // The abnormal-true conditions are gone once they no longer hold (kstatus).
+        let types: Vec<_> = d
+            .status
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            vec!["Ready", "MigrationSucceeded", "RolledOut", "Healthy"],
+            "{:#?}",
+            d.status.conditions
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   that cannot be scaled as written.
 //! - `Reconciling`: `True` while a failure is being retried (`TriggerError`,
 //!   `TargetNotFound`); `Stalled`: `True` when the target cannot be scaled without a change
-//!   (a person must act). kstatus-compatible, like the other kinds.
+//!   (a person must act). Both are absent while they do not hold (kstatus "abnormal-true"),
+//!   like the other kinds.
 //! - `Active`, `Fallback`, `Paused`: the state of the decision.
 //!
 //! # Events
@@ -36,8 +37,8 @@ use chrono::{DateTime, Utc};
 
 use super::decision::{desired_replicas, Decision, DecisionInput, Reading};
 use crate::api::{
-    condition_type, find_condition, set_condition, status as cstatus, Condition, ScaledWorkerSpec,
-    ScaledWorkerStatus, TriggerStatus,
+    condition_type, find_condition, set_abnormal_condition, set_condition, status as cstatus,
+    Condition, ScaledWorkerSpec, ScaledWorkerStatus, TriggerStatus,
 };
 use crate::api::{format_time, parse_time};
 
@@ -302,39 +303,29 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
             ready_msg.clone(),
         ),
     );
-    set_condition(
+    set_abnormal_condition(
         conds,
-        mk(
-            condition_type::RECONCILING,
-            if reconciling {
-                cstatus::TRUE
-            } else {
-                cstatus::FALSE
-            },
-            &ready_reason,
-            if reconciling {
-                ready_msg.clone()
-            } else {
-                String::new()
-            },
-        ),
+        condition_type::RECONCILING,
+        reconciling.then(|| {
+            mk(
+                condition_type::RECONCILING,
+                cstatus::TRUE,
+                &ready_reason,
+                ready_msg.clone(),
+            )
+        }),
     );
-    set_condition(
+    set_abnormal_condition(
         conds,
-        mk(
-            condition_type::STALLED,
-            if stalled {
-                cstatus::TRUE
-            } else {
-                cstatus::FALSE
-            },
-            &ready_reason,
-            if stalled {
-                ready_msg.clone()
-            } else {
-                String::new()
-            },
-        ),
+        condition_type::STALLED,
+        stalled.then(|| {
+            mk(
+                condition_type::STALLED,
+                cstatus::TRUE,
+                &ready_reason,
+                ready_msg.clone(),
+            )
+        }),
     );
     let active: Vec<String> = st
         .triggers
@@ -601,18 +592,10 @@ mod tests {
             .collect();
         assert_eq!(
             types,
-            vec![
-                "Ready",
-                "Reconciling",
-                "Stalled",
-                "Active",
-                "Fallback",
-                "Paused"
-            ]
+            // Reconciling and Stalled are absent while False (kstatus abnormal-true).
+            vec!["Ready", "Active", "Fallback", "Paused"]
         );
         assert_eq!(cond(&out.status, "Ready").status, "True");
-        assert_eq!(cond(&out.status, "Reconciling").status, "False");
-        assert_eq!(cond(&out.status, "Stalled").status, "False");
         assert_eq!(out.status.observed_generation, Some(1));
         assert_eq!(out.status.target.as_deref(), Some("deployment/worker"));
         assert_eq!(out.status.desired_replicas, Some(0));
@@ -757,7 +740,7 @@ mod tests {
             ready.message
         );
         assert_eq!(cond(&out.status, "Reconciling").status, "True");
-        assert_eq!(cond(&out.status, "Stalled").status, "False");
+        assert!(find_condition(&out.status.conditions, "Stalled").is_none());
         assert_eq!(
             cond(&out.status, "Fallback").reason,
             "BelowFailureThreshold"
@@ -884,7 +867,7 @@ mod tests {
         let ready = cond(&out.status, "Ready");
         assert_eq!(ready.reason, "PlatformNotSupported");
         assert_eq!(cond(&out.status, "Stalled").status, "True");
-        assert_eq!(cond(&out.status, "Reconciling").status, "False");
+        assert!(find_condition(&out.status.conditions, "Reconciling").is_none());
         assert_eq!(out.events[0].reason, "TargetUnusable");
     }
 
