@@ -463,6 +463,7 @@ fn apiserver_rss_mib() -> f64 {
 /// Control-plane CPU, API server request counters and (optionally) a profile over one run.
 struct Measure {
     cpu0: Vec<(String, f64)>,
+    steal0: f64,
     req0: HashMap<String, f64>,
     prof: Option<std::process::Child>,
 }
@@ -471,6 +472,7 @@ impl Measure {
     async fn start(client: &Client, label: &str) -> Measure {
         Measure {
             cpu0: control_plane_cpu(),
+            steal0: steal_seconds(),
             req0: apiserver_requests(client).await,
             prof: profile_apiserver(label),
         }
@@ -486,6 +488,7 @@ impl Measure {
         tasks: Vec<JoinHandle<()>>,
     ) -> Run {
         let cpu1 = control_plane_cpu();
+        let steal_s = steal_seconds() - self.steal0;
         let cpu_total = cpu_sum(&cpu1) - cpu_sum(&self.cpu0);
         let control_plane_cpu = cpu_delta(&self.cpu0, &cpu1);
         let requests = requests_delta(&self.req0, &apiserver_requests(client).await);
@@ -497,9 +500,24 @@ impl Measure {
             timeline: finish_timeline(tl, tasks).await,
             control_plane_cpu,
             cpu_total,
+            steal_s,
             requests,
         }
     }
+}
+
+/// CPU time the hypervisor gave to others while this machine's CPUs wanted it ("steal" in
+/// /proc/stat), in seconds summed over CPUs: when it grows, every process here ran slower.
+fn steal_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
 }
 
 /// What one timed run (baseline or operator) measured.
@@ -509,6 +527,8 @@ struct Run {
     control_plane_cpu: String,
     /// Control-plane CPU seconds in all.
     cpu_total: f64,
+    /// CPU seconds stolen by the hypervisor during the run.
+    steal_s: f64,
     requests: HashMap<String, f64>,
 }
 
@@ -727,10 +747,14 @@ async fn main() {
             (run_baseline(&client, round).await, o)
         };
         eprintln!(
-            "round {round}: ratio {:.2} (operator {:.1}s / baseline {:.1}s)",
+            "round {round}: ratio {:.2} (operator {:.1}s / baseline {:.1}s); control-plane CPU s, operator run {} / baseline {}; CPU stolen by the hypervisor {:.1} / {:.1} s",
             op.secs / base.secs,
             op.secs,
-            base.secs
+            base.secs,
+            op.control_plane_cpu,
+            base.control_plane_cpu,
+            op.steal_s,
+            base.steal_s
         );
         results.push((base, op, figs));
     }
