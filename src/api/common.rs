@@ -68,31 +68,76 @@ pub mod status {
 
 /// The condition types every kind carries (kstatus-compatible). `Ready` is always present;
 /// `Reconciling` and `Stalled` are "abnormal-true" and present only while True (see
-/// [`set_abnormal_condition`]).
+/// [`set_kstatus_conditions`]).
 pub mod condition_type {
     pub const READY: &str = "Ready";
     pub const RECONCILING: &str = "Reconciling";
     pub const STALLED: &str = "Stalled";
 }
 
-/// Sets an "abnormal-true" condition (kstatus `Reconciling` and `Stalled`, Release
-/// `RolledBack`) while it holds (`new` is Some) and removes the condition of that type when
-/// it does not. kstatus reads a missing one as False ("the absence of any conditions means
-/// everything is normal"), as Flux's controllers write them; leaving them out also keeps
-/// every status write smaller. Returns true when anything changed.
+/// Where an object stands, as kstatus reads it from its conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Convergence {
+    /// Converged: `Ready=True`, neither `Reconciling` nor `Stalled`.
+    Ready,
+    /// Work in progress or waiting on something that may resolve itself: `Ready=False`,
+    /// `Reconciling=True`.
+    Reconciling,
+    /// Cannot go on without a change by a person: `Ready=False`, `Stalled=True`.
+    Stalled,
+}
+
+/// Sets `Ready`, `Reconciling` and `Stalled` for `state`. `make(type, status)` builds each
+/// condition with the caller's reason, message, generation and time (all three say the same).
+pub fn set_kstatus_conditions(
+    conditions: &mut Vec<Condition>,
+    state: Convergence,
+    make: impl Fn(&str, &str) -> Condition,
+) {
+    let ready = if state == Convergence::Ready {
+        status::TRUE
+    } else {
+        status::FALSE
+    };
+    set_condition(conditions, make(condition_type::READY, ready));
+    set_abnormal_condition(
+        conditions,
+        condition_type::RECONCILING,
+        state == Convergence::Reconciling,
+        |t| make(t, status::TRUE),
+    );
+    set_abnormal_condition(
+        conditions,
+        condition_type::STALLED,
+        state == Convergence::Stalled,
+        |t| make(t, status::TRUE),
+    );
+}
+
+/// Sets the "abnormal-true" condition `type_` (kstatus `Reconciling` and `Stalled`, Release
+/// `RolledBack`) to `make(type_)` while it `holds`, and removes it when it does not. kstatus
+/// reads a missing one as False ("the absence of any conditions means everything is
+/// normal"), as Flux's controllers write them; leaving them out also keeps every status write
+/// smaller. Returns true when anything changed.
 pub fn set_abnormal_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
-    new: Option<Condition>,
+    holds: bool,
+    make: impl FnOnce(&str) -> Condition,
 ) -> bool {
-    match new {
-        Some(c) => {
-            debug_assert_eq!(c.type_, type_);
-            debug_assert_eq!(c.status, status::TRUE);
-            set_condition(conditions, c)
-        }
-        None => remove_condition(conditions, type_),
+    if holds {
+        let c = make(type_);
+        debug_assert_eq!(c.status, status::TRUE);
+        set_condition(conditions, c)
+    } else {
+        remove_condition(conditions, type_)
     }
+}
+
+/// The types of `conditions`, in order (for tests).
+#[cfg(test)]
+pub(crate) fn condition_types(conditions: &[Condition]) -> Vec<&str> {
+    conditions.iter().map(|c| c.type_.as_str()).collect()
 }
 
 /// Sets (or replaces) the condition of the same type, keeping `lastTransitionTime` when the
@@ -181,6 +226,24 @@ pub const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kstatus_conditions_keep_only_the_abnormal_one_that_holds() {
+        let mut c = vec![cond("Active", "True", "t0")];
+        let at = |time: &'static str| move |t: &str, s: &str| cond(t, s, time);
+        set_kstatus_conditions(&mut c, Convergence::Reconciling, at("t1"));
+        assert_eq!(condition_types(&c), ["Active", "Ready", "Reconciling"]);
+        set_kstatus_conditions(&mut c, Convergence::Stalled, at("t2"));
+        assert_eq!(condition_types(&c), ["Active", "Ready", "Stalled"]);
+        // Ready stayed False: its transition time is the first one.
+        assert_eq!(
+            find_condition(&c, "Ready").unwrap().last_transition_time,
+            "t1"
+        );
+        set_kstatus_conditions(&mut c, Convergence::Ready, at("t3"));
+        assert_eq!(condition_types(&c), ["Active", "Ready"]);
+        assert_eq!(find_condition(&c, "Ready").unwrap().status, "True");
+    }
 
     fn cond(t: &str, s: &str, time: &str) -> Condition {
         Condition {

@@ -13,8 +13,7 @@ use super::status::{condition, write_status};
 use super::watches::Listener;
 use super::{error_policy, Context, Error};
 use crate::api::{
-    condition_type, remove_condition, set_condition, status, Environment, EnvironmentRelease,
-    EnvironmentSpec, Release,
+    set_kstatus_conditions, Convergence, Environment, EnvironmentRelease, EnvironmentSpec, Release,
 };
 use crate::metrics::Metrics;
 
@@ -162,10 +161,11 @@ pub async fn reconcile(
     st.observed_generation = g;
     st.platform = Some(env.spec.platform.kind_name().to_string());
     st.releases = listed;
-    let c = &mut st.conditions;
-    match &problem {
-        None => {
-            let msg = format!(
+    let (state, reason, message) = match &problem {
+        None => (
+            Convergence::Ready,
+            "Ready",
+            format!(
                 "workloads go to namespace {}{}",
                 target_namespace(&env),
                 if env.spec.freeze {
@@ -173,38 +173,13 @@ pub async fn reconcile(
                 } else {
                     ""
                 }
-            );
-            set_condition(
-                c,
-                condition(condition_type::READY, status::TRUE, "Ready", msg, g),
-            );
-            remove_condition(c, condition_type::RECONCILING);
-            remove_condition(c, condition_type::STALLED);
-        }
-        Some(p) => {
-            set_condition(
-                c,
-                condition(
-                    condition_type::READY,
-                    status::FALSE,
-                    p.reason,
-                    p.message.clone(),
-                    g,
-                ),
-            );
-            remove_condition(c, condition_type::RECONCILING);
-            set_condition(
-                c,
-                condition(
-                    condition_type::STALLED,
-                    status::TRUE,
-                    p.reason,
-                    p.message.clone(),
-                    g,
-                ),
-            );
-        }
-    }
+            ),
+        ),
+        Some(p) => (Convergence::Stalled, p.reason, p.message.clone()),
+    };
+    set_kstatus_conditions(&mut st.conditions, state, |t, s| {
+        condition(t, s, reason, message.clone(), g)
+    });
     write_status(env.as_ref(), &st, ctx).await?;
     ctx.metrics
         .duration

@@ -324,34 +324,23 @@ async fn blocked(
     message: String,
     stalled: bool,
 ) -> Result<Requeue, Error> {
-    use crate::api::{condition_type, remove_condition, set_condition, status};
+    use crate::api::{set_kstatus_conditions, Convergence};
     let g = rel.metadata.generation;
     let mut st = rel.status.clone().unwrap_or_default();
     st.observed_generation = g;
     if st.phase.is_none() {
         st.phase = Some(Phase::Pending);
     }
-    let c = &mut st.conditions;
-    let mk = super::status::condition;
-    set_condition(
-        c,
-        mk(
-            condition_type::READY,
-            status::FALSE,
-            reason,
-            message.clone(),
-            g,
-        ),
-    );
     // Waiting on something that may resolve itself (Reconciling) or on a spec change
-    // (Stalled); the other one is absent.
-    let (present, gone) = if stalled {
-        (condition_type::STALLED, condition_type::RECONCILING)
+    // (Stalled).
+    let state = if stalled {
+        Convergence::Stalled
     } else {
-        (condition_type::RECONCILING, condition_type::STALLED)
+        Convergence::Reconciling
     };
-    set_condition(c, mk(present, status::TRUE, reason, message.clone(), g));
-    remove_condition(c, gone);
+    set_kstatus_conditions(&mut st.conditions, state, |t, s| {
+        super::status::condition(t, s, reason, message.clone(), g)
+    });
     if write_status(rel, &st, ctx).await? {
         publish(ctx, rel, true, reason, &message).await;
     }

@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use crate::api::{format_time, parse_time};
 
 use crate::api::{
-    condition_type, set_abnormal_condition, set_condition, status, Condition, MigrationStatus,
-    Phase, ReleaseStatus, RevisionRecord,
+    condition_type, set_abnormal_condition, set_condition, set_kstatus_conditions, status,
+    Condition, Convergence, MigrationStatus, Phase, ReleaseStatus, RevisionRecord,
 };
 
 /// Condition types specific to Release.
@@ -559,49 +559,19 @@ fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message:
     } else {
         reason
     };
-    let (ready, reconciling, stalled) = match phase {
-        Phase::Succeeded => (status::TRUE, false, false),
-        Phase::Failed | Phase::RolledBack => (status::FALSE, false, true),
+    let state = match phase {
+        Phase::Succeeded => Convergence::Ready,
+        Phase::Failed | Phase::RolledBack => Convergence::Stalled,
         // Gated: not converged and waiting on something outside (kstatus InProgress, so
         // `flux wait` / `kubectl wait` keep waiting rather than report success).
         Phase::Frozen | Phase::AwaitingApproval | Phase::AwaitingPromotion => {
-            (status::FALSE, true, false)
+            Convergence::Reconciling
         }
-        _ => (status::FALSE, true, false),
+        _ => Convergence::Reconciling,
     };
-    let c = &mut st.conditions;
-    set_condition(
-        c,
-        cond(condition_type::READY, ready, reason, message, g, &now),
-    );
-    set_abnormal_condition(
-        c,
-        condition_type::RECONCILING,
-        reconciling.then(|| {
-            cond(
-                condition_type::RECONCILING,
-                status::TRUE,
-                reason,
-                message,
-                g,
-                &now,
-            )
-        }),
-    );
-    set_abnormal_condition(
-        c,
-        condition_type::STALLED,
-        stalled.then(|| {
-            cond(
-                condition_type::STALLED,
-                status::TRUE,
-                reason,
-                message,
-                g,
-                &now,
-            )
-        }),
-    );
+    set_kstatus_conditions(&mut st.conditions, state, |t, s| {
+        cond(t, s, reason, message, g, &now)
+    });
     if let Some(m) = st.migration.clone() {
         let (s, r) = match m.state.as_str() {
             "Succeeded" => (status::TRUE, "MigrationSucceeded"),
@@ -648,17 +618,15 @@ fn finish_conditions(st: &mut ReleaseStatus, inp: &Input, reason: &str, message:
     };
     set_condition(c, cond(HEALTHY, healthy, reason, "", g, &now));
     // Abnormal-true like Stalled: present only after a rollback.
-    set_abnormal_condition(
-        c,
-        ROLLED_BACK,
-        (phase == Phase::RolledBack)
-            .then(|| cond(ROLLED_BACK, status::TRUE, "RolledBack", message, g, &now)),
-    );
+    set_abnormal_condition(c, ROLLED_BACK, phase == Phase::RolledBack, |t| {
+        cond(t, status::TRUE, "RolledBack", message, g, &now)
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::condition_types;
     use chrono::TimeZone;
 
     fn t(secs: i64) -> DateTime<Utc> {
@@ -710,14 +678,8 @@ mod tests {
         assert_eq!(d.status.migration.as_ref().unwrap().state, "Running");
         assert_eq!(cond(&d.status, "Ready").status, "False");
         assert_eq!(cond(&d.status, "Reconciling").status, "True");
-        let types: Vec<_> = d
-            .status
-            .conditions
-            .iter()
-            .map(|c| c.type_.as_str())
-            .collect();
         assert_eq!(
-            types,
+            condition_types(&d.status.conditions),
             vec![
                 "Ready",
                 "Reconciling",
@@ -750,14 +712,8 @@ mod tests {
         assert_eq!(d.status.last_succeeded_revision, Some(1));
         assert_eq!(cond(&d.status, "Ready").status, "True");
         // The abnormal-true conditions are gone once they no longer hold (kstatus).
-        let types: Vec<_> = d
-            .status
-            .conditions
-            .iter()
-            .map(|c| c.type_.as_str())
-            .collect();
         assert_eq!(
-            types,
+            condition_types(&d.status.conditions),
             vec!["Ready", "MigrationSucceeded", "RolledOut", "Healthy"],
             "{:#?}",
             d.status.conditions

@@ -37,8 +37,8 @@ use chrono::{DateTime, Utc};
 
 use super::decision::{desired_replicas, Decision, DecisionInput, Reading};
 use crate::api::{
-    condition_type, find_condition, set_abnormal_condition, set_condition, status as cstatus,
-    Condition, ScaledWorkerSpec, ScaledWorkerStatus, TriggerStatus,
+    condition_type, find_condition, set_condition, set_kstatus_conditions, status as cstatus,
+    Condition, Convergence, ScaledWorkerSpec, ScaledWorkerStatus, TriggerStatus,
 };
 use crate::api::{format_time, parse_time};
 
@@ -249,21 +249,19 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
         Condition::new(type_, status, reason, clip(&message), g, now_s.clone())
     };
     let conds = &mut st.conditions;
-    let (ready, ready_reason, ready_msg, reconciling, stalled) = match &input.target {
+    let (state, ready_reason, ready_msg) = match &input.target {
         TargetState::Unusable { reason, message } => {
-            (cstatus::FALSE, reason.clone(), message.clone(), false, true)
+            (Convergence::Stalled, reason.clone(), message.clone())
         }
         TargetState::NotFound { message } => (
-            cstatus::FALSE,
+            Convergence::Reconciling,
             reason::TARGET_NOT_FOUND.to_string(),
             format!("{message}; retrying every poll"),
-            true,
-            false,
         ),
         TargetState::Found { .. } if !failing.is_empty() => {
             let runs = scale_to.or(current).unwrap_or(0);
             (
-                cstatus::FALSE,
+                Convergence::Reconciling,
                 reason::TRIGGER_ERROR.to_string(),
                 format!(
                     "{}; {} runs {runs} replicas: {}",
@@ -271,8 +269,6 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
                     input.target_name,
                     decision.reason
                 ),
-                true,
-                false,
             )
         }
         TargetState::Found { .. } => {
@@ -283,50 +279,18 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
                 reason::READY
             };
             (
-                cstatus::TRUE,
+                Convergence::Ready,
                 reason.to_string(),
                 format!(
                     "{} runs {runs} replicas: {}",
                     input.target_name, decision.reason
                 ),
-                false,
-                false,
             )
         }
     };
-    set_condition(
-        conds,
-        mk(
-            condition_type::READY,
-            ready,
-            &ready_reason,
-            ready_msg.clone(),
-        ),
-    );
-    set_abnormal_condition(
-        conds,
-        condition_type::RECONCILING,
-        reconciling.then(|| {
-            mk(
-                condition_type::RECONCILING,
-                cstatus::TRUE,
-                &ready_reason,
-                ready_msg.clone(),
-            )
-        }),
-    );
-    set_abnormal_condition(
-        conds,
-        condition_type::STALLED,
-        stalled.then(|| {
-            mk(
-                condition_type::STALLED,
-                cstatus::TRUE,
-                &ready_reason,
-                ready_msg.clone(),
-            )
-        }),
-    );
+    set_kstatus_conditions(conds, state, |t, s| {
+        mk(t, s, &ready_reason, ready_msg.clone())
+    });
     let active: Vec<String> = st
         .triggers
         .iter()
@@ -458,7 +422,7 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
             message: format!("{}: {}", input.target_name, decision.reason),
         });
     }
-    if ready == cstatus::FALSE
+    if state != Convergence::Ready
         && ready_reason != reason::TRIGGER_ERROR
         && was(condition_type::READY) != Some((cstatus::FALSE.into(), ready_reason.clone()))
     {
@@ -506,6 +470,7 @@ pub fn step(input: &StepInput<'_>) -> StepOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::condition_types;
     use chrono::TimeZone;
 
     fn t(n: i64) -> DateTime<Utc> {
@@ -584,14 +549,8 @@ mod tests {
         let mut run = Run::new(spec(serde_json::json!({})), 1);
         let out = run.poll(0, Ok(0));
         assert_eq!(out.scale_to, Some(0));
-        let types: Vec<_> = out
-            .status
-            .conditions
-            .iter()
-            .map(|c| c.type_.as_str())
-            .collect();
         assert_eq!(
-            types,
+            condition_types(&out.status.conditions),
             // Reconciling and Stalled are absent while False (kstatus abnormal-true).
             vec!["Ready", "Active", "Fallback", "Paused"]
         );
