@@ -172,13 +172,11 @@ async fn operator_becomes_ready_writes_status_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn a_no_op_reconcile_writes_nothing() {
-    let client = client_with_crds().await;
-    let ns = TestNamespace::new(&client, "noop").await;
-    let envs: Api<Environment> = Api::namespaced(client.clone(), &ns.name);
+    let f = Fixture::new("noop").await;
+    let envs: Api<Environment> = f.api();
     envs.create(&PostParams::default(), &env_manifest("staging"))
         .await
         .unwrap();
-    let op = Operator::start(&["--namespace", &ns.name]);
     let first = eventually("Environment status", Duration::from_secs(60), || async {
         let e = envs.get("staging").await.ok()?;
         (e.status.as_ref()?.observed_generation == e.metadata.generation).then_some(e)
@@ -199,21 +197,19 @@ async fn a_no_op_reconcile_writes_nothing() {
         after.metadata.resource_version,
         touched.metadata.resource_version,
         "the reconcile after a metadata-only change wrote to the object; logs:\n{}",
-        op.logs()
+        f.op.logs()
     );
     assert_eq!(after.status, first.status);
 }
 
 #[tokio::test]
 async fn concurrent_reconciles_share_one_connection_to_the_api_server() {
-    let client = client_with_crds().await;
-    let ns = TestNamespace::new(&client, "h2").await;
-    let envs: Api<Environment> = Api::namespaced(client.clone(), &ns.name);
-    envs.create(&PostParams::default(), &env_manifest("dev"))
+    let f = Fixture::new("h2").await;
+    f.api::<Environment>()
+        .create(&PostParams::default(), &env_manifest("dev"))
         .await
         .unwrap();
-    let op = Operator::start(&["--namespace", &ns.name]);
-    let releases: Api<Release> = Api::namespaced(client.clone(), &ns.name);
+    let releases: Api<Release> = f.api();
     // 40 Releases at once: 40 reconciles in flight, each with several requests.
     futures::future::join_all((0..40).map(|i| {
         let releases = releases.clone();
@@ -247,7 +243,7 @@ async fn concurrent_reconciles_share_one_connection_to_the_api_server() {
         .cluster_url
         .port_u16()
         .expect("the test cluster's URL names a port");
-    let conns = tcp_connections_to(op.child.id(), port);
+    let conns = tcp_connections_to(f.op.child.id(), port);
     // HTTP/2 multiplexes every request and watch over one connection; an HTTP/1.1 pool opens
     // one per request in flight. One more is allowed for a reconnect in progress.
     assert!(

@@ -571,9 +571,7 @@ async fn operator_killed_mid_migration_runs_it_once_and_finishes() {
         },
     )
     .await;
-    f.op.child.kill().unwrap();
-    f.op.child.wait().unwrap();
-    f.op = Operator::start(&["--namespace", &f.ns.name]);
+    f.restart_operator();
     f.phase("shop", Phase::Succeeded, Duration::from_secs(90))
         .await;
     let jobs = f.jobs().list(&ListParams::default()).await.unwrap();
@@ -618,8 +616,7 @@ fn watch_concurrent_jobs(jobs: Api<Job>) -> (JobsSeen, tokio::task::JoinHandle<(
 
 #[tokio::test]
 async fn migrations_beyond_the_limit_wait_their_turn_also_across_a_restart() {
-    const LIMIT: [&str; 2] = ["--max-concurrent-migrations", "1"];
-    let mut f = Fixture::with_args("rel-slots", &LIMIT).await;
+    let mut f = Fixture::with_args("rel-slots", &["--max-concurrent-migrations", "1"]).await;
     f.env("dev", json!({})).await;
     let (seen, watch) = watch_concurrent_jobs(f.jobs());
 
@@ -667,9 +664,7 @@ async fn migrations_beyond_the_limit_wait_their_turn_also_across_a_restart() {
     // its (slow) migration runs: the new process must count it and keep "third" waiting.
     f.phase("second", Phase::Migrating, Duration::from_secs(60))
         .await;
-    f.op.child.kill().unwrap();
-    f.op.child.wait().unwrap();
-    f.op = Operator::start(&[&["--namespace", f.ns.name.as_str()], &LIMIT[..]].concat());
+    f.restart_operator();
     for name in ["first", "second", "third"] {
         f.phase(name, Phase::Succeeded, Duration::from_secs(90))
             .await;

@@ -398,12 +398,18 @@ pub fn proc_stats(pid: u32) -> (f64, f64) {
     (proc_memory_mib(pid, "VmHWM"), ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
+fn start_with(args: &[String]) -> Operator {
+    Operator::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// A test's namespace with an operator that watches only it. Test files add their own
 /// helpers in `impl Fixture` blocks of their own.
 pub struct Fixture {
     pub client: Client,
     pub ns: TestNamespace,
     pub op: Operator,
+    /// The operator's arguments, for [`Fixture::restart_operator`].
+    op_args: Vec<String>,
 }
 
 impl Fixture {
@@ -415,8 +421,26 @@ impl Fixture {
     pub async fn with_args(prefix: &str, extra_args: &[&str]) -> Fixture {
         let client = client_with_crds().await;
         let ns = TestNamespace::new(&client, prefix).await;
-        let op = Operator::start(&[&["--namespace", ns.name.as_str()], extra_args].concat());
-        Fixture { client, ns, op }
+        let op_args: Vec<String> = ["--namespace", ns.name.as_str()]
+            .iter()
+            .chain(extra_args)
+            .map(|a| a.to_string())
+            .collect();
+        let op = start_with(&op_args);
+        Fixture {
+            client,
+            ns,
+            op,
+            op_args,
+        }
+    }
+
+    /// Kills the operator (SIGKILL, no chance to clean up) and starts it again with the same
+    /// arguments.
+    pub fn restart_operator(&mut self) {
+        self.op.child.kill().unwrap();
+        self.op.child.wait().unwrap();
+        self.op = start_with(&self.op_args);
     }
 
     /// An Api over the test namespace.
